@@ -1,0 +1,330 @@
+"""Bipartite soft matching on 3D windows of the video token grid (paper Sec. 3.1).
+
+The video tokens of a grid ``(F, H, W)`` are split into windows of ``stride = (sf, sh, sw)``; windows at the
+far edges are partial. Each window contributes one random *destination*; every other token is a *source*.
+Each source is matched to its most similar destination; reducing by ``n_r`` drops the ``n_r`` sources with
+the best match, and restoration copies a dropped token's output from its destination.
+
+Everything here is pure torch. Shapes depend only on the grid, the stride and ``n_r`` (which the schedule
+fixes), never on the data, so nothing syncs with the host and ``torch.compile`` sees static shapes.
+
+Notation: ``G`` is the matching batch (``B`` when all heads are matched jointly, ``B * heads`` per head),
+``N`` video tokens, ``Nd`` destinations, ``Ns = N - Nd`` sources, ``C`` the matched feature width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+METRICS = ("euclidean", "cosine", "dot", "random")
+
+# Upper bound on the bytes of one chunk of the [G, rows, Nd] similarity matrix: the full matrix is
+# memory-bound (field notes: chunking halves the matching time at the real CogVideoX grid).
+_CHUNK_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Destination/source split of a token grid.
+
+    Attributes:
+        grid: token grid ``(F, H, W)``.
+        stride: window stride ``(sf, sh, sw)``.
+        dst_idx: ``[Nd]`` int64, flat video-token indices of the destinations, ascending.
+        src_idx: ``[Ns]`` int64, flat indices of the sources, ascending.
+        random_scores: ``[Ns]`` float32 in [0, 1), fixed per partition; the "random" metric's similarity.
+    """
+
+    grid: tuple[int, int, int]
+    stride: tuple[int, int, int]
+    dst_idx: torch.Tensor
+    src_idx: torch.Tensor
+    random_scores: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def num_dst(self) -> int:
+        return int(self.dst_idx.numel())
+
+    @property
+    def num_src(self) -> int:
+        return int(self.src_idx.numel())
+
+    @property
+    def max_rate(self) -> float:
+        """The largest reducible fraction of video tokens, ``Ns / N``."""
+        return self.num_src / self.num_tokens
+
+    def to(self, device: torch.device | str) -> "Partition":
+        return Partition(
+            self.grid,
+            self.stride,
+            self.dst_idx.to(device),
+            self.src_idx.to(device),
+            self.random_scores.to(device),
+        )
+
+
+def num_windows(grid: tuple[int, int, int], stride: tuple[int, int, int]) -> int:
+    """Number of (possibly partial) windows, which equals the number of destinations."""
+    return math.prod(math.ceil(g / s) for g, s in zip(grid, stride))
+
+
+def rate_ceiling(grid: tuple[int, int, int], stride: tuple[int, int, int]) -> float:
+    """Largest allowed rate ``Ns / N`` for a grid and stride."""
+    n = math.prod(grid)
+    return (n - num_windows(grid, stride)) / n
+
+
+def partition_seed(seed: int, block: int, feature: str) -> int:
+    """Deterministic seed of the partition of one (block, feature); the same on every machine."""
+    code = {"h": 1, "q": 2, "kv": 3, "k": 3, "v": 3}.get(feature, 7)
+    return (int(seed) * 1_000_003 + int(block) * 1_009 + code * 101) % (2**63 - 1)
+
+
+def make_partition(grid: tuple[int, int, int], stride: tuple[int, int, int], seed: int) -> Partition:
+    """Choose one random destination per 3D window, deterministically from ``seed`` (on the CPU).
+
+    Args:
+        grid: token grid ``(F, H, W)``; video tokens are flattened frame-major, then row, then column.
+        stride: window size per axis; edge windows are clipped to the grid.
+        seed: seeds a CPU ``torch.Generator``, so the partition is identical on any machine.
+    """
+    grid = tuple(int(g) for g in grid)
+    stride = tuple(int(s) for s in stride)
+    if any(g < 1 for g in grid):
+        raise ValueError(f"token grid must be positive, got {grid}")
+    if any(s < 1 for s in stride):
+        raise ValueError(f"window stride must be >= 1 on every axis, got {stride}")
+    gf, gh, gw = grid
+    sf, sh, sw = stride
+    nf, nh, nw = (math.ceil(g / s) for g, s in zip(grid, stride))
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+
+    wf = torch.arange(nf).view(nf, 1, 1)
+    wh = torch.arange(nh).view(1, nh, 1)
+    ww = torch.arange(nw).view(1, 1, nw)
+    # Extents of each (possibly partial) window.
+    ef = torch.clamp(gf - wf * sf, max=sf)
+    eh = torch.clamp(gh - wh * sh, max=sh)
+    ew = torch.clamp(gw - ww * sw, max=sw)
+    size = (ef * eh * ew).reshape(-1)
+    u = torch.rand(size.shape, generator=gen, dtype=torch.float64)
+    offset = torch.clamp((u * size).long(), max=size - 1)
+    ehw = (eh * ew).expand(nf, nh, nw).reshape(-1)
+    ew_flat = ew.expand(nf, nh, nw).reshape(-1)
+    of = offset // ehw
+    oh = (offset % ehw) // ew_flat
+    ow = offset % ew_flat
+    f = (wf * sf).expand(nf, nh, nw).reshape(-1) + of
+    h = (wh * sh).expand(nf, nh, nw).reshape(-1) + oh
+    w = (ww * sw).expand(nf, nh, nw).reshape(-1) + ow
+    dst = torch.sort((f * gh + h) * gw + w).values
+
+    is_dst = torch.zeros(gf * gh * gw, dtype=torch.bool)
+    is_dst[dst] = True
+    src = torch.nonzero(~is_dst).flatten()
+    random_scores = torch.rand(src.shape, generator=gen, dtype=torch.float32)
+    return Partition(grid, stride, dst, src, random_scores)
+
+
+def _chunk_rows(groups: int, num_dst: int, num_src: int) -> int:
+    rows = _CHUNK_BYTES // max(1, groups * num_dst * 4)
+    return int(max(64, min(num_src, rows)))
+
+
+def best_matches(
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    metric: str = "euclidean",
+    *,
+    random_scores: torch.Tensor | None = None,
+    chunk_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every source, the most similar destination and that similarity.
+
+    Args:
+        src: ``[G, Ns, C]`` source features.
+        dst: ``[G, Nd, C]`` destination features.
+        metric: ``euclidean`` (similarity = minus the distance), ``cosine``, ``dot`` or ``random``.
+        random_scores: ``[Ns]`` similarities used by the ``random`` metric.
+        chunk_rows: sources per chunk of the similarity matrix (default: keep a chunk under 32 MiB).
+
+    Returns:
+        ``(best_sim [G, Ns] float32, best_dst [G, Ns] int64)``, ``best_dst`` indexing ``dst``'s dim 1.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown matching metric {metric!r}; use one of {', '.join(METRICS)}")
+    g, ns, _ = src.shape
+    nd = dst.shape[1]
+    if metric == "random":
+        if random_scores is None:
+            raise ValueError("the random metric needs the partition's random_scores")
+        # A fixed pseudo-random destination per source and a fixed drop order: content-blind matching.
+        ar = torch.arange(ns, device=src.device)
+        best_dst = ((ar * 7919 + 13) % nd).unsqueeze(0).expand(g, ns).contiguous()
+        best_sim = random_scores.to(src.device, torch.float32).unsqueeze(0).expand(g, ns).contiguous()
+        return best_sim, best_dst
+
+    if metric == "cosine":
+        src = F.normalize(src, dim=-1)
+        dst = F.normalize(dst, dim=-1)
+    dst_t = dst.transpose(1, 2)
+    dst_sq = dst.float().pow(2).sum(-1).unsqueeze(1) if metric == "euclidean" else None  # [G, 1, Nd]
+    rows = chunk_rows or _chunk_rows(g, nd, ns)
+    sims, idxs = [], []
+    for start in range(0, ns, rows):
+        s = src[:, start : start + rows]
+        dots = torch.bmm(s, dst_t).float()  # [G, c, Nd]
+        if metric == "euclidean":
+            # argmin ||s - d||^2 = argmin (||d||^2 - 2 s.d); ||s||^2 is added back only for the winners.
+            val, idx = torch.min(dst_sq - 2.0 * dots, dim=-1)
+            d2 = val + s.float().pow(2).sum(-1)
+            sims.append(-torch.sqrt(torch.clamp(d2, min=0.0)))
+        else:
+            val, idx = torch.max(dots, dim=-1)
+            sims.append(val)
+        idxs.append(idx)
+    return torch.cat(sims, dim=1), torch.cat(idxs, dim=1)
+
+
+@dataclass
+class Matching:
+    """A computed matching, sorted so that any reduction count can be read off it without recomputing.
+
+    Attributes:
+        order: ``[G, Ns]`` int64, source *slots* (indices into ``partition.src_idx``) by descending similarity.
+        order_dst: ``[G, Ns]`` int64, the matched destination slot of each sorted source.
+        sorted_sim: ``[G, Ns]`` float32, the similarity of each sorted source.
+    """
+
+    order: torch.Tensor
+    order_dst: torch.Tensor
+    sorted_sim: torch.Tensor
+
+
+def compute_matching(
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    metric: str,
+    *,
+    random_scores: torch.Tensor | None = None,
+    chunk_rows: int | None = None,
+) -> Matching:
+    """Match ``src [G, Ns, C]`` to ``dst [G, Nd, C]`` and sort sources by match quality."""
+    best_sim, best_dst = best_matches(src, dst, metric, random_scores=random_scores, chunk_rows=chunk_rows)
+    sorted_sim, order = torch.sort(best_sim, dim=1, descending=True, stable=True)
+    return Matching(order=order, order_dst=torch.gather(best_dst, 1, order), sorted_sim=sorted_sim)
+
+
+@dataclass
+class Reduction:
+    """Index tensors of one reduction by ``n_r`` tokens.
+
+    The reduced sequence is ``[destinations (Nd) | kept sources (Ns - n_r)]``; destinations come first so
+    that a dropped source restores from slot ``order_dst`` directly.
+
+    Attributes:
+        keep_idx: ``[G, N - n_r]`` flat video-token indices of the kept tokens.
+        restore_idx: ``[G, N]`` for every video token, its slot in the reduced sequence.
+        drop_idx: ``[G, n_r]`` flat indices of the dropped sources.
+        drop_dst: ``[G, n_r]`` destination slot each dropped source merges into.
+        num_dst: ``Nd``.
+    """
+
+    keep_idx: torch.Tensor
+    restore_idx: torch.Tensor
+    drop_idx: torch.Tensor
+    drop_dst: torch.Tensor
+    num_dst: int
+
+
+def make_reduction(partition: Partition, matching: Matching, n_r: int) -> Reduction:
+    """Index tensors that drop the ``n_r`` best-matched sources (``0 < n_r <= Ns``)."""
+    g = matching.order.shape[0]
+    n = partition.num_tokens
+    nd = partition.num_dst
+    src_idx = partition.src_idx
+    dropped_slots = matching.order[:, :n_r]
+    kept_slots = matching.order[:, n_r:]
+    keep_idx = torch.cat([partition.dst_idx.unsqueeze(0).expand(g, nd), src_idx[kept_slots]], dim=1)
+    drop_idx = src_idx[dropped_slots]
+    drop_dst = matching.order_dst[:, :n_r]
+    restore_idx = torch.empty((g, n), dtype=torch.long, device=keep_idx.device)
+    slots = torch.arange(n - n_r, device=keep_idx.device).unsqueeze(0).expand(g, n - n_r)
+    restore_idx.scatter_(1, keep_idx, slots)
+    restore_idx.scatter_(1, drop_idx, drop_dst)
+    return Reduction(keep_idx, restore_idx, drop_idx, drop_dst, nd)
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Gather tokens along the sequence dim.
+
+    Args:
+        x: ``[B, N, C]`` or ``[B, heads, N, D]``.
+        idx: ``[B, M]`` (the same tokens for every head) or ``[B * heads, M]`` (per head; 4D ``x`` only).
+
+    Returns:
+        ``[B, M, C]`` or ``[B, heads, M, D]``.
+    """
+    if x.dim() == 3:
+        return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    b, heads, _, d = x.shape
+    if idx.shape[0] == b:
+        index = idx.view(b, 1, -1, 1).expand(b, heads, idx.shape[1], d)
+    else:
+        index = idx.view(b, heads, -1, 1).expand(b, heads, idx.shape[1], d)
+    return torch.gather(x, 2, index)
+
+
+def merge_mean(x: torch.Tensor, red: Reduction) -> torch.Tensor:
+    """Reduce by averaging each dropped source into its destination (ToMe's ``mean``).
+
+    Args:
+        x: ``[B, N, C]`` or ``[B, heads, N, D]`` video features.
+
+    Returns:
+        The reduced features, destinations averaged with the sources merged into them.
+    """
+    kept = gather_tokens(x, red.keep_idx)
+    dropped = gather_tokens(x, red.drop_idx)
+    seq_dim = 1 if x.dim() == 3 else 2
+    dst = kept.narrow(seq_dim, 0, red.num_dst)
+    g = red.drop_dst.shape[0]
+    counts = torch.ones((g, red.num_dst), dtype=x.dtype, device=x.device)
+    counts = counts.scatter_add(1, red.drop_dst, torch.ones_like(red.drop_dst, dtype=x.dtype))
+    if x.dim() == 3:
+        index = red.drop_dst.unsqueeze(-1).expand_as(dropped)
+        summed = dst.scatter_add(1, index, dropped)
+        merged = summed / counts.unsqueeze(-1)
+    else:
+        b, heads = x.shape[:2]
+        index = red.drop_dst.view(b if g == b else b, 1 if g == b else heads, -1, 1).expand_as(dropped)
+        summed = dst.scatter_add(2, index, dropped)
+        merged = summed / counts.view(b, 1 if g == b else heads, -1, 1)
+    return torch.cat([merged, kept.narrow(seq_dim, red.num_dst, kept.shape[seq_dim] - red.num_dst)], dim=seq_dim)
+
+
+def matching_features(x: torch.Tensor, idx: torch.Tensor, granularity: str) -> torch.Tensor:
+    """Features of the tokens ``idx [M]`` laid out for matching.
+
+    Args:
+        x: ``[B, N, C]`` (attention input) or ``[B, heads, N, D]`` (Q/K/V after RoPE).
+        granularity: ``joint`` matches on all heads together (``[B, M, heads * D]``); ``head`` matches each
+            head separately (``[B * heads, M, D]``).
+    """
+    if x.dim() == 3:
+        return x.index_select(1, idx)
+    b, heads, _, d = x.shape
+    if granularity == "joint":
+        return x.transpose(1, 2).index_select(1, idx).reshape(b, idx.numel(), heads * d)
+    if granularity == "head":
+        return x.index_select(2, idx).reshape(b * heads, idx.numel(), d)
+    raise ValueError(f"unknown matching granularity {granularity!r}; use 'joint' or 'head'")

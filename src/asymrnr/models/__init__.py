@@ -1,0 +1,1 @@
+"""Embedded and tiny CogVideoX pipelines, and the model presets."""

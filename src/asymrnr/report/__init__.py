@@ -1,0 +1,1 @@
+"""Interactive calibration report: plotly figures from plain data, one offline HTML page."""
