@@ -328,3 +328,36 @@ def matching_features(x: torch.Tensor, idx: torch.Tensor, granularity: str) -> t
     if granularity == "head":
         return x.index_select(2, idx).reshape(b * heads, idx.numel(), d)
     raise ValueError(f"unknown matching granularity {granularity!r}; use 'joint' or 'head'")
+
+
+def best_matches_euclidean_and_cosine(
+    src: torch.Tensor, dst: torch.Tensor, *, chunk_rows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best Euclidean and best cosine match of every source from one shared matmul (profiler use).
+
+    Args:
+        src: ``[G, Ns, C]``; dst: ``[G, Nd, C]``.
+
+    Returns:
+        ``(euclid_sim, euclid_dst, cosine_sim, cosine_dst)``, each ``[G, Ns]``; ``euclid_sim`` is minus the
+        distance, as in :func:`best_matches`.
+    """
+    g, ns, _ = src.shape
+    nd = dst.shape[1]
+    dst_t = dst.transpose(1, 2)
+    dst_sq = dst.float().pow(2).sum(-1).unsqueeze(1)  # [G, 1, Nd]
+    dst_norm = dst_sq.sqrt().clamp_min(1e-12)
+    rows = chunk_rows or _chunk_rows(g, nd, ns)
+    e_sims, e_idx, c_sims, c_idx = [], [], [], []
+    for start in range(0, ns, rows):
+        s = src[:, start : start + rows]
+        s_sq = s.float().pow(2).sum(-1)  # [G, c]
+        dots = torch.bmm(s, dst_t).float()
+        val, idx = torch.min(dst_sq - 2.0 * dots, dim=-1)
+        e_sims.append(-torch.sqrt(torch.clamp(val + s_sq, min=0.0)))
+        e_idx.append(idx)
+        cos = dots / (dst_norm * s_sq.sqrt().clamp_min(1e-12).unsqueeze(-1))
+        val, idx = torch.max(cos, dim=-1)
+        c_sims.append(val)
+        c_idx.append(idx)
+    return torch.cat(e_sims, 1), torch.cat(e_idx, 1), torch.cat(c_sims, 1), torch.cat(c_idx, 1)

@@ -138,27 +138,6 @@ def tiny_size(style: str) -> TinySize:
 
 
 @contextmanager
-def quiet_progress_bars():
-    """Hide diffusers' and transformers' loading/saving progress bars inside the block, then restore.
-
-    Library code shows no progress bars (only ``asymrnr.cli`` does). The switches are process-global.
-    """
-    from diffusers.utils import logging as d_logging
-    from transformers.utils import logging as t_logging
-
-    d_on, t_on = d_logging.is_progress_bar_enabled(), t_logging.is_progress_bar_enabled()
-    d_logging.disable_progress_bar()
-    t_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if d_on:
-            d_logging.enable_progress_bar()
-        if t_on:
-            t_logging.enable_progress_bar()
-
-
-@contextmanager
 def _seeded(seed: int):
     """Seed torch's CPU generator inside the block and restore the caller's RNG state afterwards."""
     import torch
@@ -412,6 +391,8 @@ def ensure_tiny_pipeline_dir(style: str = "5b", root: str | os.PathLike | None =
     try:
         logger.info("building tiny CogVideoX pipeline (style %s, seed %d) into %s", style, seed, final)
         pipe = build_tiny_pipeline(style, seed=seed)
+        from asymrnr.models.loading import quiet_progress_bars
+
         with quiet_progress_bars():
             pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / _MARKER_FILE).write_text(json.dumps(_marker(style, seed), indent=2) + "\n")
@@ -442,14 +423,10 @@ def load_tiny_pipeline(
     torch_dtype: torch.dtype | None = None,
 ) -> CogVideoXPipeline:
     """Load the tiny pipeline through ``CogVideoXPipeline.from_pretrained`` (building it on first use)."""
-    from diffusers import CogVideoXPipeline
+    from asymrnr.models.loading import load_pipeline_dir
 
     path = ensure_tiny_pipeline_dir(style, root, seed=seed)
-    kwargs: dict[str, Any] = {"local_files_only": True}
-    if torch_dtype is not None:
-        kwargs["torch_dtype"] = torch_dtype
-    with quiet_progress_bars():
-        return CogVideoXPipeline.from_pretrained(str(path), **kwargs)
+    return load_pipeline_dir(path, "CogVideoXPipeline", torch_dtype=torch_dtype, what=f"the tiny pipeline cache {path}")
 
 
 __all__ = [
@@ -469,5 +446,4 @@ __all__ = [
     "tiny_pipeline_dir_name",
     "ensure_tiny_pipeline_dir",
     "load_tiny_pipeline",
-    "quiet_progress_bars",
 ]

@@ -1,0 +1,216 @@
+"""Model presets: a name for each supported model, its weights and its default generation settings.
+
+Importing this module is cheap (no torch, no diffusers); :func:`load_pipeline` imports them.
+Weights are never downloaded: real models come from ``--model-path`` or from the local Hugging Face
+cache; ``tiny-cogvideox`` is built here (random weights) and needs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from asymrnr.errors import AsymRnRError, ModelNotFoundError
+from asymrnr.models.tiny import TINY_TEXT_LEN, tiny_size
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    hub_id: str | None  # None: embedded (built locally, no weights to fetch)
+    pipeline_class: str  # a diffusers pipeline class name
+    height: int
+    width: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    dtype: str  # "float32" | "float16" | "bfloat16"
+    description: str
+    alt_hub_ids: tuple[str, ...] = ()  # other names of the same repository (the THUDM models moved to zai-org)
+    tiny_style: str | None = None  # for embedded presets: the tiny style they build
+    max_sequence_length: int = 226
+
+    @property
+    def embedded(self) -> bool:
+        return self.hub_id is None
+
+    @property
+    def hub_ids(self) -> tuple[str, ...]:
+        return ((self.hub_id,) if self.hub_id else ()) + self.alt_hub_ids
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """Default keyword arguments for ``pipe(prompt, ...)``."""
+        return {
+            "height": self.height,
+            "width": self.width,
+            "num_frames": self.num_frames,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "max_sequence_length": self.max_sequence_length,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["alt_hub_ids"] = list(self.alt_hub_ids)
+        return d
+
+
+_TINY = tiny_size("5b")
+
+MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
+    {
+        p.name: p
+        for p in (
+            ModelPreset(
+                name="cogvideox-2b",
+                hub_id="THUDM/CogVideoX-2b",
+                alt_hub_ids=("zai-org/CogVideoX-2b",),
+                pipeline_class="CogVideoXPipeline",
+                height=480,
+                width=720,
+                num_frames=49,
+                num_inference_steps=50,
+                guidance_scale=6.0,
+                dtype="float16",
+                description=(
+                    "CogVideoX-2B text-to-video: 30 blocks, 30 heads x 64, 3D sin-cos positions, DDIM; "
+                    "480x720, 49 frames = 13 x 30 x 45 tokens + 226 text tokens"
+                ),
+            ),
+            ModelPreset(
+                name="cogvideox-5b",
+                hub_id="THUDM/CogVideoX-5b",
+                alt_hub_ids=("zai-org/CogVideoX-5b",),
+                pipeline_class="CogVideoXPipeline",
+                height=480,
+                width=720,
+                num_frames=49,
+                num_inference_steps=50,
+                guidance_scale=6.0,
+                dtype="bfloat16",
+                description=(
+                    "CogVideoX-5B text-to-video: 42 blocks, 48 heads x 64, 3D RoPE, DPM; "
+                    "480x720, 49 frames = 13 x 30 x 45 tokens + 226 text tokens"
+                ),
+            ),
+            ModelPreset(
+                name="cogvideox1.5-5b",
+                hub_id="THUDM/CogVideoX1.5-5B",
+                alt_hub_ids=("zai-org/CogVideoX1.5-5B",),
+                pipeline_class="CogVideoXPipeline",
+                height=768,
+                width=1360,
+                num_frames=81,
+                num_inference_steps=50,
+                guidance_scale=6.0,
+                dtype="bfloat16",
+                description=(
+                    "CogVideoX1.5-5B text-to-video: 42 blocks, 48 heads x 64, 3D RoPE, temporal patch 2, DPM; "
+                    "768x1360, 81 frames = 11 x 48 x 85 tokens + 226 text tokens"
+                ),
+            ),
+            ModelPreset(
+                name="tiny-cogvideox",
+                hub_id=None,
+                pipeline_class="CogVideoXPipeline",
+                height=_TINY.height,
+                width=_TINY.width,
+                num_frames=_TINY.num_frames,
+                num_inference_steps=8,
+                guidance_scale=6.0,
+                dtype="float32",
+                tiny_style="5b",
+                max_sequence_length=TINY_TEXT_LEN,
+                description=(
+                    "embedded tiny CogVideoX-5B-style pipeline with random weights (2 blocks, 2 heads x 16, RoPE), "
+                    f"built offline; {_TINY.height}x{_TINY.width}, {_TINY.num_frames} frames = "
+                    f"{' x '.join(map(str, _TINY.latent_grid))} tokens + {_TINY.text_len} text tokens; "
+                    "for tests and demos, its videos are noise"
+                ),
+            ),
+        )
+    }
+)
+
+
+def get_preset(name: str) -> ModelPreset:
+    """The preset called ``name``; an unknown name raises AsymRnRError listing the known ones."""
+    try:
+        return MODEL_PRESETS[name]
+    except (KeyError, TypeError):
+        raise AsymRnRError(
+            f"unknown model {name!r}; known models: {', '.join(MODEL_PRESETS)} (or pass --model-path DIR)"
+        ) from None
+
+
+def _not_cached_message(preset: ModelPreset, cache_dir: os.PathLike) -> str:
+    hub_id = preset.hub_id
+    others = f" (nor under {', '.join(preset.alt_hub_ids)})" if preset.alt_hub_ids else ""
+    return (
+        f"the weights of {hub_id} (model {preset.name!r}) are not in the local Hugging Face cache "
+        f"{str(cache_dir)!r}{others}, and the hub is unreachable from here (asymrnr never downloads weights); "
+        f"on a machine with network run `hf download {hub_id}` (older huggingface_hub: "
+        f"`huggingface-cli download {hub_id}`), then copy its cache folder here (set HF_HOME or HF_HUB_CACHE "
+        f"if it is not the default) or copy the downloaded folder and pass --model-path DIR"
+    )
+
+
+def _check_device(device: Any) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise AsymRnRError(f"invalid device {device!r}: {err}; use e.g. 'cpu' or 'cuda'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AsymRnRError(f"device {device!r} was requested but CUDA is not available here; use --device cpu")
+
+
+def load_pipeline(
+    name: str,
+    *,
+    model_path: str | os.PathLike | None = None,
+    dtype: Any = None,
+    device: Any = "cpu",
+):
+    """Load the pipeline of preset ``name`` without any network access.
+
+    - ``model_path``: a diffusers pipeline folder (holding ``model_index.json``); it overrides the preset's
+      weights (the preset still gives the pipeline class and default settings).
+    - embedded presets (``tiny-cogvideox``): built locally and cached (:func:`asymrnr.models.tiny.load_tiny_pipeline`).
+    - otherwise the local Hugging Face cache only.
+
+    ``dtype`` defaults to the preset's. Raises ModelNotFoundError with a how-to-fix message when the
+    weights are not available, AsymRnRError for a bad name, dtype or device.
+    """
+    from asymrnr.models import loading
+
+    preset = get_preset(name)
+    torch_dtype = loading.resolve_dtype(dtype if dtype is not None else preset.dtype)
+    _check_device(device)
+
+    if model_path is not None:
+        path = loading.check_pipeline_dir(model_path, hub_id=preset.hub_id)
+        pipe = loading.load_pipeline_dir(path, preset.pipeline_class, torch_dtype=torch_dtype)
+    elif preset.embedded:
+        from asymrnr.models.tiny import load_tiny_pipeline
+
+        pipe = load_tiny_pipeline(preset.tiny_style or "5b", torch_dtype=torch_dtype)
+    else:
+        cache_dir = loading.hf_hub_cache_dir()
+        found = loading.find_cached_snapshot(preset.hub_ids, cache_dir)
+        if found is None:
+            raise ModelNotFoundError(_not_cached_message(preset, cache_dir))
+        hub_id, path = found
+        pipe = loading.load_pipeline_dir(
+            path, preset.pipeline_class, torch_dtype=torch_dtype, what=f"the cached snapshot of {hub_id} ({path})"
+        )
+    return pipe.to(device)
+
+
+__all__ = ["ModelPreset", "MODEL_PRESETS", "get_preset", "load_pipeline"]
