@@ -238,6 +238,12 @@ def test_speedup_is_monotone_in_strength(cvx_stats):
     assert speedups[-1] > 1.3
 
 
+def test_target_without_preset_uses_the_default_policy(cvx_stats):
+    res = plan_schedule(cvx_stats, preset=None, target_speedup=1.15)
+    assert res.reached and res.policy == PlannerPolicy(strength=res.strength)
+    assert res.predicted_speedup == pytest.approx(plan_schedule(cvx_stats, target_speedup=1.15).predicted_speedup)
+
+
 def test_unreachable_target_returns_closest_with_message(cvx_stats):
     strongest = plan_schedule(cvx_stats, policy=PlannerPolicy(strength=1.0))
     res = plan_schedule(cvx_stats, target_speedup=4.0)

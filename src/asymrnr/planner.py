@@ -455,6 +455,10 @@ def _prepare(stats: Any, *, metric: str, cache_steps: int, sampler: Any, aggrega
     stats_sampler = _sampler_from_stats(stats)
     if sampler is None:
         sampler = stats_sampler
+    elif not (hasattr(sampler, "num_steps") and hasattr(sampler, "timesteps")):
+        raise PlannerError(
+            f"sampler must be a SamplerDescription (scheduler_class, num_steps, timesteps), got {type(sampler).__name__}"
+        )
     matching_info = dict(getattr(stats, "matching", {}) or {})
     try:
         matching = MatchingSettings(
@@ -482,8 +486,8 @@ def _prepare(stats: Any, *, metric: str, cache_steps: int, sampler: Any, aggrega
         nan_cells[feat] = int(np.isnan(sim).sum())
         win = window_scores(sim, cache_steps, aggregate)
         std = standardize(win)
-        finite = std[np.isfinite(std)]
-        if finite.size and float(np.ptp(win[np.isfinite(win)])) == 0.0:
+        measured = win[np.isfinite(win)]
+        if measured.size and float(np.ptp(measured)) == 0.0:
             flat.append(feat)
         scores[feat] = std
     return _Prepared(model, sampler, matching, scores, ceiling, nan_cells, flat)
@@ -564,9 +568,11 @@ def plan_schedule(
         stats: a :class:`~asymrnr.profiler.stats_format.StatsData` (``sim_mean`` metric ->
             ``[runs, branches, steps, blocks, features]``, ``features`` with ``q`` and ``v``, ``model``,
             ``generation``, ``matching``, ``timesteps [runs, steps]``).
-        preset: ``"base"`` (near-lossless) or ``"fast"``; ignored when ``policy`` is given.
+        preset: ``"base"`` (near-lossless) or ``"fast"``; ignored when ``policy`` is given; ``None``: the
+            default policy (the presets' tables), typically with ``target_speedup``.
         target_speedup: solve the policy's strength for this predicted FLOPs speedup (within 1 %) instead
-            of using the preset's strength.
+            of using the preset's strength (the presets share one policy family, so they give the same
+            result here).
         cache_steps: matching-cache window; rates are constant inside each window.
         metric: similarity the ranking uses (and the schedule's matching metric): ``euclidean`` or
             ``cosine`` (whatever the statistics hold).
@@ -579,9 +585,8 @@ def plan_schedule(
     from .schedule_format import Schedule
 
     if policy is None:
-        if preset is None:
-            raise PlannerError("pass preset= ('base' or 'fast') or policy=")
-        policy = preset_policy(preset)
+        # preset=None: the default policy (its tables; strength 0.5 unless target_speedup solves it).
+        policy = PlannerPolicy() if preset is None else preset_policy(preset)
         used_preset = preset
     else:
         if not isinstance(policy, PlannerPolicy):

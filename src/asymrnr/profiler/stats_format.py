@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,19 @@ DS_NORM_QUANTILES = "norm_quantiles"
 DS_NORM_HIST = "norm_hist"
 DS_STABILITY_SAME_DST = "stability_same_dst"
 DS_STABILITY_CORR = "stability_corr"
+
+#: Suffix of the working copy a write goes to before it atomically replaces the file.
+TMP_SUFFIX = ".tmp"
+#: Root attributes that must be equal (after dropping per-run generation keys) to append to a file.
+APPEND_MUST_MATCH: tuple[str, ...] = (
+    ATTR_MODEL,
+    ATTR_GENERATION,
+    ATTR_MATCHING,
+    ATTR_PROFILED_SCHEDULE,
+    ATTR_BRANCHES,
+    ATTR_FEATURES,
+    ATTR_METRICS,
+)
 
 #: Keys of the ``generation`` dict that vary per run; they are stored per run, not in the attribute.
 GENERATION_PER_RUN_KEYS: tuple[str, ...] = ("prompt", "prompts", "seed", "seeds")
@@ -269,6 +283,13 @@ def _strip_per_run(generation: dict) -> dict:
     return {k: v for k, v in generation.items() if k not in GENERATION_PER_RUN_KEYS}
 
 
+def _all_per_run_paths(metrics: Sequence[str]) -> list[str]:
+    out = [f"{GROUP_RUNS}/{DS_PROMPTS}", f"{GROUP_RUNS}/{DS_SEEDS}", f"{GROUP_RUNS}/{DS_TIMESTEPS}"]
+    for spec in _ARRAYS:
+        out += [ds_path for _, ds_path in _dataset_paths(spec, metrics)]
+    return out
+
+
 def _chunks(cell_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     """Chunk shape of a per-run dataset whose per-run cell has ``cell_shape``.
 
@@ -300,8 +321,8 @@ def _describe_shape_mismatch(got: tuple[int, ...], expected: tuple[int, ...], ax
 class StatsWriter:
     """Writes the statistics of one generation after another into one HDF5 file.
 
-    ``StatsWriter(path, *, model, generation, matching, profiled_schedule, tool_version, branches,
-    mode="w")``:
+    ``StatsWriter(path, *, model, generation, matching, branches, profiled_schedule=None,
+    tool_version=None, mode="w")``:
 
     - ``model``: ``ModelDescription`` (or its ``to_dict()``); ``generation``: dict of generation
       settings (height, width, num_frames, num_steps, guidance_scale, scheduler_class, ...; the
@@ -309,9 +330,17 @@ class StatsWriter:
       ``MatchingSettings``); ``profiled_schedule``: tag (or object with ``.tag``) of a schedule that
       was active while profiling, else None; ``tool_version``: defaults to ``asymrnr.__version__``;
       ``branches``: ``("cond", "uncond")`` with CFG, ``("cond",)`` without.
-    - ``mode="w"`` creates or overwrites the file. ``mode="a"`` appends to an existing stats file
-      when its model, generation settings, matching settings, profiled schedule, branches and format
-      version all match (else ``StatsFormatError`` naming the key); it creates the file when absent.
+    - ``mode="w"`` creates or overwrites the file (at once, with zero runs). ``mode="a"`` appends to
+      an existing stats file when its format version, model, generation settings, matching settings,
+      profiled schedule and branches all match (else ``StatsFormatError`` naming the key and both
+      values); it creates the file when absent.
+
+    Crash safety: ``write_run`` appends the run to every dataset, flushes, raises
+    ``num_complete_runs``, flushes and closes -- on a working copy ``<path>.tmp`` that then atomically
+    replaces ``<path>`` (``os.replace``). The file at ``path`` is therefore always a cleanly closed
+    HDF5 file holding only complete runs, whenever the process dies (even inside an HDF5 flush,
+    which can leave an in-place-appended file unreadable). The copy costs one file copy per run,
+    small next to a generation.
 
     Use as a context manager, or call ``close()``.
     """
@@ -331,7 +360,8 @@ class StatsWriter:
         if mode not in ("w", "a"):
             raise ValueError(f"StatsWriter mode={mode!r} is not supported; use 'w' (overwrite) or 'a' (append)")
         self.path = Path(path)
-        self._file: h5py.File | None = None
+        self._tmp_path = self.path.with_name(self.path.name + TMP_SUFFIX)
+        self._closed = False
 
         if tool_version is None:
             from .. import __version__ as tool_version  # noqa: N811
@@ -363,6 +393,8 @@ class StatsWriter:
         self._num_steps: int | None = _positive_int_or_none(self._meta[ATTR_GENERATION].get("num_steps"))
         self._num_blocks: int | None = _positive_int_or_none(self._meta[ATTR_MODEL].get("num_blocks"))
 
+        if self.path.is_dir():
+            raise StatsFormatError(f"cannot write statistics to {self.path}: it is a directory; pass a file path")
         if mode == "a" and self.path.exists():
             self._open_append()
         else:
@@ -371,55 +403,48 @@ class StatsWriter:
     # ---- opening ----------------------------------------------------------------------------------
 
     def _create(self) -> None:
-        if self.path.is_dir():
-            raise StatsFormatError(f"cannot write statistics to {self.path}: it is a directory; pass a file path")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            f = h5py.File(self.path, "w")
         except OSError as exc:
-            raise StatsFormatError(
-                f"cannot create statistics file {self.path}: {exc}; check that the directory is writable "
-                "and that no other process has the file open"
-            ) from None
-        self._file = f
-        try:
+            raise StatsFormatError(f"cannot create the directory of {self.path}: {exc}") from None
+
+        def header(f: h5py.File) -> None:
             f.attrs[ATTR_FORMAT] = STATS_FORMAT_NAME
             f.attrs[ATTR_VERSION] = np.int64(STATS_FORMAT_VERSION)
             for key in JSON_ATTRS:
                 f.attrs[key] = _dumps(self._meta[key])
             for name, values in (
-                (DS_QUANTILE_LEVELS, np.asarray(QUANTILE_LEVELS, dtype=np.float64)),
-                (DS_RATE_LEVELS, np.asarray(RATE_LEVELS, dtype=np.float64)),
-                (DS_NORM_BIN_EDGES, np.asarray(NORM_BIN_EDGES, dtype=np.float64)),
+                (DS_QUANTILE_LEVELS, QUANTILE_LEVELS),
+                (DS_RATE_LEVELS, RATE_LEVELS),
+                (DS_NORM_BIN_EDGES, NORM_BIN_EDGES),
             ):
-                f.create_dataset(name, data=values)
+                f.create_dataset(name, data=np.asarray(values, dtype=np.float64))
             f.require_group(GROUP_RUNS)
             f.attrs[ATTR_NUM_COMPLETE_RUNS] = np.int64(0)
-            f.flush()
-        except BaseException:
-            self.close()
-            raise
+
+        self._commit(header, copy_existing=False)
         logger.debug("created statistics file %s (branches %s)", self.path, self.branches)
 
     def _open_append(self) -> None:
         p = self.path
         fix = "write to another file (a new --out) or overwrite it with mode='w'"
-        if p.is_dir():
-            raise StatsFormatError(f"cannot append statistics to {p}: it is a directory; pass a file path")
         if not _is_hdf5(p):
             raise StatsFormatError(f"cannot append statistics to {p}: it is not an HDF5 file; {fix}")
         try:
-            f = h5py.File(p, "r+")
+            f = h5py.File(p, "r")
         except OSError as exc:
             raise StatsFormatError(f"cannot append statistics to {p}: {_open_error_reason(exc)}; {fix}") from None
-        self._file = f
         try:
-            self._check_append_compatible(f, fix)
-            self._num_runs = _read_num_complete_runs(f, p)
-            self._adopt_existing_datasets(f)
-        except BaseException:
-            self.close()
+            with f:
+                self._check_append_compatible(f, fix)
+                self._num_runs = _read_num_complete_runs(f, p)
+                self._adopt_existing_datasets(f)
+        except StatsFormatError:
             raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise StatsFormatError(
+                f"cannot append statistics to {p}: the HDF5 file is truncated or corrupt ({exc}); {fix}"
+            ) from None
         logger.info("appending to %s, which holds %d complete run(s)", p, self._num_runs)
 
     def _check_append_compatible(self, f: h5py.File, fix: str) -> None:
@@ -434,17 +459,15 @@ class StatsWriter:
         version = f.attrs.get(ATTR_VERSION)
         if _as_int(version) != STATS_FORMAT_VERSION:
             raise StatsFormatError(
-                f"cannot append to {p}: format version differs (file: {_attr_str(version)!r}, "
+                f"cannot append to {p}: version differs (file: {_attr_str(version)!r}, "
                 f"this asymrnr writes: {STATS_FORMAT_VERSION}); {fix}"
             )
         diffs: list[tuple[str, Any, Any]] = []
-        for key in (ATTR_MODEL, ATTR_GENERATION, ATTR_MATCHING, ATTR_PROFILED_SCHEDULE, ATTR_BRANCHES):
+        for key in APPEND_MUST_MATCH:
             file_value = _read_json_attr(f, key, p)
             if key == ATTR_GENERATION and isinstance(file_value, dict):
                 file_value = _strip_per_run(file_value)
             diffs += _differences(file_value, self._meta[key], key)
-        for key in (ATTR_FEATURES, ATTR_METRICS):
-            diffs += _differences(_read_json_attr(f, key, p), self._meta[key], key)
         if diffs:
             listed = "; ".join(f"{k} differs (file: {fv!r}, this profiler: {nv!r})" for k, fv, nv in diffs)
             raise StatsFormatError(
@@ -461,37 +484,24 @@ class StatsWriter:
             )
 
     def _adopt_existing_datasets(self, f: h5py.File) -> None:
-        """Take steps/blocks from existing per-run datasets and drop a partial tail left by a crash."""
+        """Check the per-run datasets of the complete runs and take steps/blocks from them."""
         n = self._num_runs
-        for _, ds_path in self._all_dataset_paths():
+        if n == 0:
+            return  # a partial first run (if any) is replaced by the next write_run
+        for ds_path in _all_per_run_paths(STAT_METRICS):
             ds = f.get(ds_path)
-            if ds is None:
-                if n > 0:
-                    raise StatsFormatError(
-                        f"cannot append to {self.path}: it lacks dataset {ds_path!r} although it holds {n} "
-                        "run(s); the file is damaged; write to another file (a new --out)"
-                    )
-                continue
-            if ds.shape[0] < n:
+            if not isinstance(ds, h5py.Dataset) or ds.shape[0] < n:
+                have = "lacks it" if ds is None else f"it holds {getattr(ds, 'shape', ('?',))[0]} runs"
                 raise StatsFormatError(
-                    f"cannot append to {self.path}: dataset {ds_path!r} holds {ds.shape[0]} runs but "
-                    f"num_complete_runs is {n}; the file is damaged; write to another file (a new --out)"
+                    f"cannot append to {self.path}: dataset {ds_path!r} does not hold the file's {n} complete "
+                    f"run(s) ({have}); the file is damaged; write to another file (a new --out)"
                 )
             if ds.shape[0] > n:
                 logger.warning(
-                    "%s: discarding an incomplete run left by an interrupted profiler (%s)", self.path, ds_path
+                    "%s: an incomplete run left by an interrupted profiler will be replaced (%s)", self.path, ds_path
                 )
-                ds.resize(n, axis=0)
-            if ds_path.endswith(f"/{DS_SIM_MEAN}/{STAT_METRICS[0]}"):
-                self._num_steps, self._num_blocks = int(ds.shape[2]), int(ds.shape[3])
-        f.flush()
-
-    def _all_dataset_paths(self) -> list[tuple[str, str]]:
-        out = [(DS_PROMPTS, f"{GROUP_RUNS}/{DS_PROMPTS}"), (DS_SEEDS, f"{GROUP_RUNS}/{DS_SEEDS}")]
-        out.append((DS_TIMESTEPS, f"{GROUP_RUNS}/{DS_TIMESTEPS}"))
-        for spec in _ARRAYS:
-            out += [(spec.name, p) for _, p in _dataset_paths(spec, STAT_METRICS)]
-        return out
+        ds = f[f"{GROUP_RUNS}/{DS_SIM_MEAN}/{STAT_METRICS[0]}"]
+        self._num_steps, self._num_blocks = int(ds.shape[2]), int(ds.shape[3])
 
     # ---- writing ----------------------------------------------------------------------------------
 
@@ -501,26 +511,66 @@ class StatsWriter:
         return self._num_runs
 
     def write_run(self, run: RunStats) -> None:
-        """Append one generation's statistics to every dataset, then mark it complete and flush."""
-        if self._file is None:
+        """Append one generation's statistics to every dataset, mark it complete, flush and commit."""
+        if self._closed:
             raise RuntimeError(f"StatsWriter for {self.path} is closed")
         values, steps, blocks = self._validate(run)
-        f = self._file
         n = self._num_runs
-        # A failed earlier attempt may have left datasets at length n + 1: resize/overwrite is idempotent.
-        for ds_path, (value, axes) in values.items():
-            self._append(f, ds_path, value, axes, n)
-        f.flush()
-        f.attrs[ATTR_NUM_COMPLETE_RUNS] = np.int64(n + 1)
-        f.flush()
+
+        def append(f: h5py.File) -> None:
+            found = _as_int(f.attrs.get(ATTR_NUM_COMPLETE_RUNS))
+            if found != n:
+                raise StatsFormatError(
+                    f"{self.path} changed while this profiler was writing it (it now holds {found} complete "
+                    f"runs, this writer wrote {n}); let one process write a statistics file at a time"
+                )
+            for ds_path, (value, axes) in values.items():
+                self._append(f, ds_path, value, axes, n)
+            f.flush()
+            f.attrs[ATTR_NUM_COMPLETE_RUNS] = np.int64(n + 1)  # last: marks the run complete
+            f.flush()
+
+        self._commit(append, copy_existing=True)
         self._num_runs = n + 1
         self._num_steps, self._num_blocks = steps, blocks
-        logger.debug("%s: wrote run %d (prompt %r, seed %d)", self.path, n, run.prompt, run.seed)
+        logger.debug("%s: wrote run %d (prompt %r, seed %d)", self.path, n, run.prompt, int(run.seed))
+
+    def _commit(self, edit: Any, *, copy_existing: bool) -> None:
+        """Apply ``edit(h5py.File)`` to a working copy of the file, then atomically replace the file."""
+        tmp = self._tmp_path
+        try:
+            if copy_existing:
+                shutil.copyfile(self.path, tmp)
+            with h5py.File(tmp, "r+" if copy_existing else "w") as f:
+                edit(f)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if isinstance(exc, OSError) and not isinstance(exc, StatsFormatError):
+                raise StatsFormatError(
+                    f"cannot write statistics file {self.path} (via {tmp.name}): {exc}; check that the "
+                    "directory is writable, has free space, and that no other process holds the file"
+                ) from None
+            raise
 
     def _append(self, f: h5py.File, ds_path: str, value: np.ndarray | str, axes: tuple[str, ...], n: int) -> None:
         ds = f.get(ds_path)
+        cell = () if isinstance(value, str) else tuple(value.shape)
+        if ds is not None and tuple(ds.shape[1:]) != cell:
+            if n > 0:  # _validate checks shapes against the file, so this means a damaged file
+                raise StatsFormatError(
+                    f"{self.path}: dataset {ds_path!r} has cells of shape {ds.shape[1:]}, this run has {cell}"
+                )
+            del f[ds_path]  # left by an interrupted first run of other shape
+            ds = None
         if ds is None:
             ds = self._create_dataset(f, ds_path, value, axes)
+        # resize to n + 1 also drops any partial tail beyond the complete runs
         ds.resize(n + 1, axis=0)
         ds[n] = value
 
@@ -616,11 +666,8 @@ class StatsWriter:
     # ---- closing ----------------------------------------------------------------------------------
 
     def close(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            finally:
-                self._file = None
+        """Finish writing. Every ``write_run`` already left a complete file, so this only forbids more runs."""
+        self._closed = True
 
     def __enter__(self) -> StatsWriter:
         return self
@@ -629,7 +676,7 @@ class StatsWriter:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._file is None else "open"
+        state = "closed" if self._closed else "open"
         return f"StatsWriter({str(self.path)!r}, runs={self._num_runs}, branches={self.branches}, {state})"
 
 
