@@ -344,3 +344,25 @@ def test_summary_warns_when_schedule_is_useless():
     tiny = zero.with_rates(kv=kv)
     warns = schedule_warnings(tiny)
     assert len(warns) == 1 and "under 1.02x" in warns[0] and NOT_FASTER in warns[0]
+
+
+def test_plans_from_a_stats_file_written_and_loaded_by_the_profiler_format(gt_stats, tmp_path):
+    sf = pytest.importorskip("asymrnr.profiler.stats_format")
+    path = tmp_path / "stats.h5"
+    with sf.StatsWriter(path, model=gt_stats.model, generation=gt_stats.generation, matching=gt_stats.matching,
+                        branches=gt_stats.branches) as writer:
+        for r in range(gt_stats.num_runs):
+            writer.write_run(sf.RunStats(
+                prompt=gt_stats.prompts[r], seed=int(gt_stats.seeds[r]), timesteps=gt_stats.timesteps[r],
+                sim_mean={m: a[r] for m, a in gt_stats.sim_mean.items()},
+                sim_quantiles={m: a[r] for m, a in gt_stats.sim_quantiles.items()},
+                sim_rate_curve={m: a[r] for m, a in gt_stats.sim_rate_curve.items()},
+                norm_quantiles=gt_stats.norm_quantiles[r], norm_hist=gt_stats.norm_hist[r],
+                stability_same_dst=gt_stats.stability_same_dst[r], stability_corr=gt_stats.stability_corr[r],
+            ))
+    loaded = sf.load_stats(path)
+    direct = plan_schedule(gt_stats, preset="base", cache_steps=CS)
+    via_file = plan_schedule(loaded, preset="base", cache_steps=CS)
+    assert via_file.schedule.rates == direct.schedule.rates
+    assert via_file.schedule.sampler == direct.schedule.sampler
+    assert via_file.schedule.provenance["stats"]["path"] == str(path)

@@ -239,3 +239,79 @@ def test_more_steps_than_the_schedule_needs_resample():
         run_steps(model, x, e, [900, 700, 500, 300])
     asymrnr.apply(model, Schedule.uniform(model, 3, q=0.3), resample_steps=True)
     run_steps(model, x, e, [900, 700, 500, 300])
+
+
+def test_torch_compile_runs_with_one_graph_break_and_matches_eager():
+    import torch._dynamo as dynamo
+
+    model = tiny_transformer("5b")
+    x, e = tiny_inputs("5b", batch=2)
+    schedule = Schedule.uniform(model, 4, q=0.5, kv=0.5, cache_steps=2)
+    asymrnr.apply(model, schedule)
+    eager = run_steps(model, x, e, [900, 700, 500, 300])
+    with torch.no_grad():
+        explained = dynamo.explain(lambda: call(model, x, e, 900))()
+    # The only break: the step hook reads the timestep on the host once per transformer call.
+    assert explained.graph_break_count == 1
+    assert "begin_call" in str(explained.break_reasons[0].reason)
+    asymrnr.apply(model, schedule)
+    compiled = torch.compile(model, backend="aot_eager")
+    out = run_steps(compiled, x, e, [900, 700, 500, 300])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(eager, out))
+    asymrnr.remove(compiled)
+    assert not hasattr(model, RUNTIME_ATTR)
+
+
+def test_works_with_model_cpu_offload(tiny_pipeline):
+    pipe = tiny_pipeline
+    kwargs = dict(num_inference_steps=3, guidance_scale=6.0, output_type="latent")
+    ref = pipe("a red square", generator=torch.Generator().manual_seed(0), **kwargs).frames
+    pipe.enable_model_cpu_offload(device="cpu")
+    try:
+        asymrnr.apply(pipe, Schedule.uniform(pipe, 3))
+        zero = pipe("a red square", generator=torch.Generator().manual_seed(0), **kwargs).frames
+        assert torch.equal(zero, ref)
+        asymrnr.apply(pipe, Schedule.uniform(pipe, 3, q=0.5, kv=0.5))
+        with record_sdpa() as calls:
+            reduced = pipe("a red square", generator=torch.Generator().manual_seed(0), **kwargs).frames
+        n = 60
+        calls = [c for c in calls if c["q"].shape[2] > 226]  # drop the T5 text encoder's attention calls
+        assert calls[0]["k_shape"][2] == 226 + n - int(0.5 * n)  # the reduction really ran
+        assert not torch.equal(reduced, ref)
+        asymrnr.remove(pipe)
+        assert hasattr(pipe.transformer, "_hf_hook")  # accelerate's offload hook is untouched
+        again = pipe("a red square", generator=torch.Generator().manual_seed(0), **kwargs).frames
+        assert torch.equal(again, ref)
+    finally:
+        asymrnr.remove(pipe)
+        pipe.remove_all_hooks()
+
+
+def test_pipeline_step_count_is_checked_before_any_work(tiny_pipeline):
+    pipe = tiny_pipeline
+    schedule = Schedule.uniform(pipe, 4, q=0.3, kv=0.3)
+    assert schedule.sampler.num_steps == 4 and schedule.sampler.timesteps is not None
+    asymrnr.apply(pipe, schedule)
+    try:
+        with pytest.raises(ScheduleMismatchError, match="runs 6 inference steps but the schedule .* was made for 4"):
+            pipe("a red square", num_inference_steps=6, output_type="latent")
+        asymrnr.apply(pipe, schedule, resample_steps=True)
+        with record_sdpa() as calls:
+            pipe("a red square", num_inference_steps=6, output_type="latent")
+        calls = [c for c in calls if c["q"].shape[2] > 226]  # drop the T5 text encoder's attention calls
+        assert len(calls) == 6 * pipe.transformer.config.num_layers
+    finally:
+        asymrnr.remove(pipe)
+
+
+def test_cfg_and_no_cfg_zero_schedule_bit_identical_through_the_pipeline(tiny_pipeline):
+    pipe = tiny_pipeline
+    for guidance in (1.0, 6.0):
+        kwargs = dict(num_inference_steps=3, guidance_scale=guidance, output_type="latent")
+        ref = pipe("a blue circle", generator=torch.Generator().manual_seed(1), **kwargs).frames
+        asymrnr.apply(pipe, Schedule.uniform(pipe, 3))
+        try:
+            out = pipe("a blue circle", generator=torch.Generator().manual_seed(1), **kwargs).frames
+        finally:
+            asymrnr.remove(pipe)
+        assert torch.equal(out, ref)

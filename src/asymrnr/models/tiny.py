@@ -17,6 +17,13 @@ including ``2b`` whose sin-cos table needs the prompt length to equal ``max_text
 The ``1.5`` style defaults to 17 frames: 5 latent frames, which the pipeline pads to 6 (a multiple of
 ``patch_size_t``), i.e. 3 token frames; this exercises the padding path the real 81-frame model takes.
 
+Smaller or (for ``2b``/``5b``) larger sizes work too. The ``1.5`` style's RoPE uses diffusers' "slice"
+grid bounded by the transformer's sample size, so its token grid can be at most 4 x 5 tokens per frame
+(64 x 80 px), as the real 1.5 model is bounded by 150 x 150 tokens.
+
+Note: with ``output_type="latent"`` the ``1.5`` pipeline returns the padded latents (6 frames here);
+diffusers drops the padding frame only before decoding.
+
 All weights come from seeded generators: the same ``(style, seed)`` always gives the same model. The
 tokenizer is a unigram sentencepiece model trained here, in-process, on our own sentences.
 """

@@ -6,9 +6,11 @@ semantics and versioning policy are documented in ``docs/stats-format.md``; this
 single source of the group, dataset and attribute names (the module constants below).
 
 Writing (``StatsWriter``) appends one run at a time along a resizable run axis. Each ``write_run``
-first writes every dataset, flushes, and only then raises the root attribute ``num_complete_runs``
-and flushes again, so a profiler killed mid-run leaves a file whose complete runs all load: the
-reader trusts ``num_complete_runs`` and ignores any partial tail beyond it.
+appends the run to every dataset, flushes, and only then raises the root attribute
+``num_complete_runs`` and flushes again. It does so on a working copy (``<path>.tmp``) that then
+atomically replaces the file, so whenever the profiler dies the file at ``path`` is a cleanly closed
+HDF5 file whose complete runs all load. The reader trusts ``num_complete_runs`` and ignores any
+partial tail beyond it (which only an interrupted in-place writer would leave).
 
 Reading (``load_stats``) returns plain numpy arrays in a ``StatsData``; every problem with the file
 (missing, not HDF5, truncated, corrupt, not ours, unknown version, incomplete) raises
@@ -259,8 +261,13 @@ def _dumps(value: Any) -> str:
 
 
 def _attr_str(value: Any) -> Any:
+    """An HDF5 attribute value as a plain Python value (bytes decoded, numpy scalars unwrapped)."""
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, bytes):
-        return value.decode("utf-8")
+        return value.decode("utf-8", errors="replace")
     return value
 
 
@@ -564,7 +571,8 @@ class StatsWriter:
         if ds is not None and tuple(ds.shape[1:]) != cell:
             if n > 0:  # _validate checks shapes against the file, so this means a damaged file
                 raise StatsFormatError(
-                    f"{self.path}: dataset {ds_path!r} has cells of shape {ds.shape[1:]}, this run has {cell}"
+                    f"{self.path}: dataset {ds_path!r} has cells of shape {ds.shape[1:]}, this run has {cell}; "
+                    "the file is damaged; write to another file (a new --out)"
                 )
             del f[ds_path]  # left by an interrupted first run of other shape
             ds = None
@@ -724,7 +732,7 @@ def _is_hdf5(p: Path) -> bool:
 
 def _open_error_reason(exc: BaseException) -> str:
     text = str(exc)
-    if "lock" in text.lower():
+    if "unable to lock" in text.lower() or "file locking" in text.lower():
         return "the file is locked by another process (is a profiler still writing it?)"
     return f"the HDF5 file is truncated or corrupt ({text})"
 
@@ -829,21 +837,45 @@ def _read(f: h5py.File, p: Path) -> StatsData:
             "failed before the first run was written); re-run `asymrnr profile` and let one generation finish"
         )
 
-    branches = tuple(meta[ATTR_BRANCHES])
-    features = tuple(meta[ATTR_FEATURES])
-    metrics = tuple(meta[ATTR_METRICS])
+    for key in (ATTR_MODEL, ATTR_GENERATION, ATTR_MATCHING):
+        if not isinstance(meta[key], dict):
+            raise StatsFormatError(f"{p}: root attribute {key!r} is not a JSON object; the file is damaged")
+    names = {}
+    for key in (ATTR_BRANCHES, ATTR_FEATURES, ATTR_METRICS):
+        value = meta[key]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise StatsFormatError(f"{p}: root attribute {key!r} is not a list of names; the file is damaged")
+        names[key] = tuple(value)
+    branches, features, metrics = names[ATTR_BRANCHES], names[ATTR_FEATURES], names[ATTR_METRICS]
+    # Version 1 fixes features and metrics (StatsData consumers index them by these names).
+    for key, got, want in ((ATTR_FEATURES, features, STAT_FEATURES), (ATTR_METRICS, metrics, STAT_METRICS)):
+        if got != want:
+            raise StatsFormatError(
+                f"{p}: root attribute {key!r} is {list(got)}, format version 1 has {list(want)}; the file is damaged"
+            )
 
     def dataset(ds_path: str) -> h5py.Dataset:
         ds = f.get(ds_path)
         if not isinstance(ds, h5py.Dataset):
             raise StatsFormatError(
-                f"{p} lacks dataset {ds_path!r}; the file is incomplete or was not written by asymrnr; "
-                "re-run `asymrnr profile` to write it again"
+                f"{p} lacks dataset {ds_path!r} (missing or unreadable); the file is incomplete, damaged, "
+                "or was not written by asymrnr; re-run `asymrnr profile` to write it again"
             )
         return ds
 
     shared = {name: np.asarray(dataset(name)[()], dtype=np.float64) for name in
               (DS_QUANTILE_LEVELS, DS_RATE_LEVELS, DS_NORM_BIN_EDGES)}
+    # In format version 1 the shared axes are fixed; anything else means a damaged file.
+    for name, want in (
+        (DS_QUANTILE_LEVELS, QUANTILE_LEVELS),
+        (DS_RATE_LEVELS, RATE_LEVELS),
+        (DS_NORM_BIN_EDGES, NORM_BIN_EDGES),
+    ):
+        if shared[name].shape != np.shape(want) or not np.allclose(shared[name], want, rtol=1e-12, atol=0):
+            raise StatsFormatError(
+                f"{p}: dataset {name!r} does not hold the format version 1 values; the file is damaged; "
+                "re-run `asymrnr profile` to write it again"
+            )
     extra = {
         "quantile": len(shared[DS_QUANTILE_LEVELS]),
         "rate": len(shared[DS_RATE_LEVELS]),
@@ -856,7 +888,8 @@ def _read(f: h5py.File, p: Path) -> StatsData:
         if len(shape) != 1 + len(trailing) or shape[0] < n or any(
             t is not None and s != t for s, t in zip(shape[1:], trailing)
         ):
-            want = ", ".join(f"{a}={t if t is not None else '?'}" for a, t in zip(("run", *axes), (f">={n}", *trailing)))
+            sizes = (f">={n}", *("?" if t is None else t for t in trailing))
+            want = ", ".join(f"{a}={t}" for a, t in zip(("run", *axes), sizes))
             raise StatsFormatError(
                 f"{p}: dataset {ds_path!r} has shape {shape}, expected [{want}] "
                 f"(num_complete_runs={n}); the file is damaged; re-run `asymrnr profile` to write it again"
@@ -866,6 +899,15 @@ def _read(f: h5py.File, p: Path) -> StatsData:
     first = per_run(f"{GROUP_RUNS}/{DS_SIM_MEAN}/{metrics[0]}", (len(branches), None, None, len(features)), CELL_AXES)
     steps, blocks = int(first.shape[2]), int(first.shape[3])
     cell = (len(branches), steps, blocks, len(features))
+    for key, what, declared, actual in (
+        (ATTR_MODEL, "num_blocks", meta[ATTR_MODEL].get("num_blocks"), blocks),
+        (ATTR_GENERATION, "num_steps", meta[ATTR_GENERATION].get("num_steps"), steps),
+    ):
+        if _positive_int_or_none(declared) not in (None, actual):
+            raise StatsFormatError(
+                f"{p}: {key}[{what!r}] is {declared} but the datasets hold {actual}; the file is damaged; "
+                "re-run `asymrnr profile` to write it again"
+            )
 
     prompts_ds = per_run(f"{GROUP_RUNS}/{DS_PROMPTS}", (), ())
     prompts = [str(s) for s in prompts_ds.asstr()[:n]]

@@ -323,6 +323,37 @@ def base_layout(**kwargs: Any) -> dict:
     return layout
 
 
+def int_dtick(n: int, max_ticks: int = 12) -> int:
+    """Tick spacing for an integer axis of ``n`` cells: 1, 2, 5, 10, 20, 50, ... with at most ``max_ticks``."""
+    step = 1
+    while n / step > max_ticks:
+        for mult in (2, 5, 10):
+            if n / (step * mult) <= max_ticks or mult == 10:
+                step *= mult
+                break
+    return step
+
+
+def index_axis(n: int, **kwargs: Any) -> dict:
+    """Axis settings for cells 0..n-1 (blocks, steps): integer ticks, cell edges at -0.5 and n - 0.5."""
+    return dict(range=[-0.5, n - 0.5], tick0=0, dtick=int_dtick(n), showgrid=False, zeroline=False, **kwargs)
+
+
+def missing_notes(missing: dict, labels: dict) -> list[str]:
+    """Notes for ``{(variant, feature): why}``, one per feature when every variant misses it for one reason."""
+    by_feature: dict = {}
+    for (variant, feature), why in missing.items():
+        by_feature.setdefault(feature, []).append((variant, why))
+    notes = []
+    for feature, items in by_feature.items():
+        name = FEATURE_LABELS.get(feature, feature)
+        if len(items) == len(labels) and len({w for _, w in items}) == 1:
+            notes.append(f"{name}: {items[0][1]}.")
+        else:
+            notes += [f"{name} ({labels.get(v, v)}): {w}." for v, w in items]
+    return notes
+
+
 def rgba(hex_color: str, alpha: float) -> str:
     h = hex_color.lstrip("#")
     r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))

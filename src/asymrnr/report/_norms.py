@@ -218,8 +218,8 @@ def _get_norm_plot(info: NormInfo) -> go.Figure:
         sliders.append(
             dict(
                 active=0,
-                currentvalue=dict(prefix="", visible=True, font=dict(size=12)),
-                pad=dict(t=45, b=0),
+                currentvalue=dict(visible=False),
+                pad=dict(t=62, b=0),
                 len=1.0,
                 x=0.0,
                 steps=[dict(label=sg.name.replace("steps ", ""), method="animate", args=animate_args(f"steps{so}"))
@@ -227,7 +227,8 @@ def _get_norm_plot(info: NormInfo) -> go.Figure:
             )
         )
     fig.update_layout(
-        **base_layout(height=430 if sliders else 360, margin=dict(l=60, r=30, t=90, b=40), updatemenus=menus,
+        **base_layout(height=480 if sliders else 380, margin=dict(l=60, r=30, t=90, b=120 if sliders else 50),
+                      updatemenus=menus,
                       sliders=sliders, hovermode="closest")
     )
     fig.add_annotation(

@@ -90,7 +90,8 @@ LEADS = {
     ),
     "stability": (
         "How much the matching changes from one step to the next (paper Figure 4): the fraction of sources whose best "
-        "destination is unchanged, and the correlation of the similarities, averaged over runs and branches."
+        "destination is unchanged, and the correlation of the similarities, averaged over runs and branches. Step 0 "
+        "has no previous step and stays empty."
     ),
     "schedule": (
         "Reduction rates per block and step next to the similarity of the feature they reduce (same axes, zoom is "
@@ -169,7 +170,8 @@ def report_html(
         info = _get_trend_info(stats, block_groups)
         body = _notes_html(info.notes)
         if info.available:
-            groups = "; ".join(f"{g.name}: " + span_label(g.indices) for g in info.groups)
+            groups = "; ".join(g.name if g.name == span_label(g.indices) else f"{g.name} ({span_label(g.indices)})"
+                               for g in info.groups)
             body = f'<p class="lead">Block groups: {html.escape(groups)}.</p>' + body
             body += f'<div class="figure">{_figure_html(_get_trend_plot(info), "fig-trends")}</div>'
         return body
@@ -195,7 +197,16 @@ def report_html(
         use_stats = stats if empty_reason(stats) is None else None
         info = _get_schedule_info(schedule, use_stats, sim_info, flops)
         body = _notes_html(info.notes)
-        body += f'<h3>Rates</h3><div class="figure">{_figure_html(_get_rates_plot(info), "fig-rates")}</div>'
+        if info.similarity:
+            metric = next(iter(info.similarity.values()))[1]
+            caption = (f"Left: standardized {metric} similarity of the feature each rate reduces (Q for q, V for kv, "
+                       "H for h); right: the rate, the fraction of all video tokens dropped. ")
+        else:
+            caption = "The rate of each cell: the fraction of all video tokens dropped. "
+        caption += (f"Dashed lines: matching-cache windows of {info.cache_steps} steps (the matching is recomputed at "
+                    f"steps k % {info.cache_steps} == 0).")
+        body += (f'<h3>Rates</h3><p class="lead">{html.escape(caption)}</p>'
+                 f'<div class="figure">{_figure_html(_get_rates_plot(info), "fig-rates")}</div>')
         if info.flops is not None:
             body += (f'<h3>Predicted savings per block</h3><div class="figure">'
                      f'{_figure_html(_get_savings_plot(info), "fig-savings")}</div>')

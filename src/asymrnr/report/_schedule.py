@@ -24,6 +24,8 @@ from ._common import (
     RATE_COLORSCALE,
     base_layout,
     f32,
+    index_axis,
+    int_dtick,
     recompute_steps,
 )
 from ._stability import cache_window_shapes
@@ -193,14 +195,10 @@ def _get_rates_plot(info: ScheduleInfo) -> go.Figure:
     )
     if not with_sim:
         fig.update_layout(coloraxis_showscale=False)
-    fig.update_xaxes(range=[-0.5, S - 0.5], showgrid=False, zeroline=False)
-    fig.update_yaxes(range=[-0.5, B - 0.5], showgrid=False, zeroline=False)
+    fig.update_xaxes(**index_axis(S))
+    fig.update_yaxes(**index_axis(B))
     fig.update_xaxes(title_text="denoising step", row=len(info.features))
     fig.update_yaxes(title_text="block", col=1)
-    fig.add_annotation(
-        text=f"dashed: matching-cache windows ({info.cache_steps} steps)", x=1.0, y=1.0, yshift=40, xref="paper",
-        yref="paper", showarrow=False, xanchor="right", yanchor="bottom", font=dict(size=11, color="#555"),
-    )
     return fig
 
 
@@ -231,7 +229,7 @@ def _get_savings_plot(info: ScheduleInfo) -> go.Figure:
         **base_layout(
             height=320,
             margin=dict(l=60, r=30, t=40, b=50),
-            xaxis=dict(title="block", dtick=1 if len(blocks) <= 30 else None, showgrid=False),
+            xaxis=dict(title="block", tick0=0, dtick=int_dtick(len(blocks), 30), showgrid=False),
             yaxis=dict(title="predicted FLOPs saved (%)", showgrid=True, gridcolor="#eee", zeroline=True, zerolinecolor="#999"),
             bargap=0.15,
         )

@@ -28,9 +28,12 @@ from ._common import (
     f32,
     feature_index,
     finite_count,
+    index_axis,
+    int_dtick,
     mean_over_runs_branches,
     mean_timesteps,
     minmax_standardize,
+    missing_notes,
     nanmean,
     nanstd,
     page_features,
@@ -81,9 +84,9 @@ class SimilarityHeatmapInfo:
 
 def _panel_reason(stats: Any, metric: str, feature: str) -> str | None:
     if metric not in getattr(stats, "sim_mean", {}):
-        return f"metric {metric!r} not in the statistics"
+        return f"no {METRIC_LABELS.get(metric, metric)} similarity in the statistics"
     if feature_index(stats, feature) is None:
-        return f"feature {FEATURE_LABELS.get(feature, feature)} not recorded"
+        return "not recorded"
     return None
 
 
@@ -127,8 +130,7 @@ def _get_similarity_heatmap_info(stats: Any) -> SimilarityHeatmapInfo:
     if not info.available:
         info.notes.append("Similarity heatmaps not available: no feature holds finite similarity values.")
     else:
-        for (metric, feature), why in info.missing.items():
-            info.notes.append(f"{FEATURE_LABELS.get(feature, feature)} ({METRIC_LABELS.get(metric, metric)}): {why}.")
+        info.notes += missing_notes(info.missing, {m: METRIC_LABELS.get(m, m) for m in metrics})
     return info
 
 
@@ -225,10 +227,10 @@ def _get_similarity_heatmap_plot(info: SimilarityHeatmapInfo) -> go.Figure:
                 colorscale=HEATMAP_COLORSCALE,
                 cmin=0.0,
                 cmax=1.0,
-                colorbar=dict(title=dict(text="standardized<br>similarity", side="right"), thickness=14),
+                colorbar=dict(title=dict(text="standardized", side="right"), thickness=14),
             ),
-            xaxis=dict(title="denoising step", range=[-0.5, S - 0.5], showgrid=False, zeroline=False),
-            yaxis=dict(title="block", range=[-0.5, B - 0.5], showgrid=False, zeroline=False),
+            xaxis=index_axis(S, title="denoising step"),
+            yaxis=index_axis(B, title="block"),
             annotations=[
                 dict(text="feature", x=0.0, y=1.055, xref="paper", yref="paper", showarrow=False, xanchor="left", yanchor="bottom"),
                 dict(text="similarity", x=0.45, y=1.055, xref="paper", yref="paper", showarrow=False, xanchor="left", yanchor="bottom"),
@@ -324,8 +326,7 @@ def _get_trend_info(stats: Any, block_groups: Any = None, confidence: float = CO
             f"Only {stats.num_runs} run: no confidence band (a band across runs needs at least 2; profile more "
             "prompts or seeds)."
         )
-    for (metric, feature), why in info.missing.items():
-        info.notes.append(f"{FEATURE_LABELS.get(feature, feature)} ({METRIC_LABELS.get(metric, metric)}): {why}.")
+    info.notes += missing_notes(info.missing, {m: METRIC_LABELS.get(m, m) for m in info.metrics})
     return info
 
 
@@ -401,7 +402,8 @@ def _get_trend_plot(info: TrendInfo) -> go.Figure:
         )
     )
     fig.add_annotation(text="similarity", x=0.0, y=1.105, xref="paper", yref="paper", showarrow=False, xanchor="left", yanchor="bottom")
-    fig.update_xaxes(title_text="denoising step", showgrid=True, gridcolor="#eee", zeroline=False)
+    fig.update_xaxes(title_text="denoising step", showgrid=True, gridcolor="#eee", zeroline=False, tick0=0,
+                     dtick=int_dtick(info.num_steps, 8))
     fig.update_yaxes(showgrid=True, gridcolor="#eee", zeroline=False)
     fig.update_yaxes(title_text="standardized similarity", row=1, col=1)
     return fig

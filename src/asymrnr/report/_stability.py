@@ -24,8 +24,10 @@ from ._common import (
     empty_reason,
     f32,
     feature_index,
+    index_axis,
     mean_over_runs_branches,
     mean_timesteps,
+    missing_notes,
     page_features,
     recompute_steps,
 )
@@ -104,13 +106,7 @@ def _get_stability_info(stats: Any, schedule: Any = None) -> StabilityInfo:
             f"The schedule has {schedule.num_steps} steps, the statistics {info.num_steps}: cache windows drawn "
             f"every {info.cache_steps} steps of the statistics."
         )
-    for feature in info.features:
-        label = FEATURE_LABELS.get(feature, feature)
-        gone = [m for m in MEASURES if info.values.get((m, feature)) is None]
-        if len(gone) == len(MEASURES) and len({info.missing[(m, feature)] for m in gone}) == 1:
-            info.notes.append(f"{label}: {info.missing[(gone[0], feature)]}.")
-        else:
-            info.notes += [f"{label} ({MEASURE_SHORT[m]}): {info.missing[(m, feature)]}." for m in gone]
+    info.notes += missing_notes(info.missing, MEASURE_SHORT)
     return info
 
 
@@ -185,8 +181,8 @@ def _get_stability_plot(info: StabilityInfo) -> go.Figure:
             x=1.0, y=1.115, xref="paper", yref="paper", showarrow=False, xanchor="right", yanchor="bottom",
             font=dict(size=11, color="#555"),
         )
-    fig.update_xaxes(title_text="denoising step", range=[-0.5, S - 0.5], showgrid=False, zeroline=False)
-    fig.update_yaxes(range=[-0.5, B - 0.5], showgrid=False, zeroline=False)
+    fig.update_xaxes(**index_axis(S, title_text="denoising step"))
+    fig.update_yaxes(**index_axis(B))
     fig.update_yaxes(title_text="block", row=1, col=1)
     return fig
 

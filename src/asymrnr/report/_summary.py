@@ -52,7 +52,7 @@ def _describe(d: Mapping, parts: list[tuple[str, str]]) -> str:
     for key, phrase in parts:
         if key in d:
             out.append(phrase.format(_fmt(d.pop(key))))
-    out += [f"{k} {_fmt(v)}" for k, v in d.items()]
+    out += [f"{k} {_fmt(v)}" for k, v in d.items() if v not in (None, "", [], {})]
     return " \u00b7 ".join(out) if out else "\u2013"
 
 

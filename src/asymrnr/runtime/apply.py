@@ -56,7 +56,7 @@ def _pre_hook(module: Any, args: tuple, kwargs: dict) -> None:
     hidden_states = kwargs.get("hidden_states", args[0] if args else None)
     timestep = kwargs.get("timestep", args[2] if len(args) > 2 else None)
     grid = grid_from_latents(module, hidden_states.shape)
-    runtime.context.begin_call(timestep, grid)
+    runtime.context.begin_call(timestep, grid, hidden_states.device)
 
 
 def installed(pipe_or_transformer: Any) -> InstalledRuntime | None:

@@ -178,8 +178,21 @@ class RuntimeContext:
             )
         self._checked_grids.add(grid)
 
-    def begin_call(self, timestep: Any, grid: tuple[int, int, int]) -> CallInfo:
-        """Resolve the step of this transformer call and precompute every block's plan."""
+    def _ensure_partitions(self, grid: tuple[int, int, int], device: torch.device | None) -> None:
+        """Build every partition the blocks may use, here (eagerly, outside any compiled attention)."""
+        if device is None:
+            return
+        for block in range(self.num_blocks):
+            for feature in ("h", "q", "kv"):
+                self.partition(grid, block, feature, device)
+
+    @torch.compiler.disable
+    def begin_call(self, timestep: Any, grid: tuple[int, int, int], device: torch.device | None = None) -> CallInfo:
+        """Resolve the step of this transformer call and precompute every block's plan.
+
+        Runs eagerly (excluded from torch.compile): it reads the timestep on the host once per call.
+        """
+        self._ensure_partitions(tuple(grid), device)
         t = float(torch.as_tensor(timestep).flatten()[0]) if timestep is not None else 0.0
         new_generation = self._last_t is None or t > self._last_t
         if new_generation:

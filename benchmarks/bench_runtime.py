@@ -1,0 +1,270 @@
+"""Runtime speed benchmark: attention level at the real CogVideoX grid, and a whole scaled transformer.
+
+Speed is always a ratio against the dense baseline measured in the same run (these machines are noisy).
+
+    python benchmarks/bench_runtime.py                 # both parts, writes the runtime section of BENCHMARKS.md
+    python benchmarks/bench_runtime.py --part attention
+    python benchmarks/bench_runtime.py --device cuda --shape 5b   # on a GPU: full-size 5B transformer, bf16
+
+Attention level: one attention call (text 226 + video 13 x 30 x 45 tokens, 2 heads x 64, after RoPE) dense
+against AsymRnR's reduce -> SDPA -> restore with the library's own matching code, matching every call
+(s=1) or once per 4 calls (s=4).
+
+Model level: the "third grid" model of the field notes (30 blocks, 4 heads x 64, text dim 4096, time dim
+512, 160x240 pixels x 49 frames -> 13 x 10 x 15 tokens, 226 text tokens), a whole transformer call averaged
+over 8 denoising steps with a uniform (0.5, 0.5) schedule and s=4, against the speedup the FLOPs model
+predicts. Peak memory is measured in separate processes (peak RSS on CPU, max_memory_allocated on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from asymrnr.matching import compute_matching, gather_tokens, make_partition, make_reduction, matching_features  # noqa: E402
+
+TEXT = 226
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _median_time(fn, device: str, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------------- attention
+def attention_benchmark(device: str, repeats: int, heads: int = 2, head_dim: int = 64, dtype=torch.float32) -> list[dict]:
+    grid = (13, 30, 45)
+    n = math.prod(grid)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, heads, TEXT + n, head_dim, generator=g).to(device, dtype)
+    k = torch.randn(1, heads, TEXT + n, head_dim, generator=g).to(device, dtype)
+    v = torch.randn(1, heads, TEXT + n, head_dim, generator=g).to(device, dtype)
+    part_q = make_partition(grid, (2, 2, 2), 1).to(device)
+    part_kv = make_partition(grid, (2, 2, 2), 2).to(device)
+
+    def dense():
+        return F.scaled_dot_product_attention(q, k, v)
+
+    def match(part, x):
+        vid = x[:, :, TEXT:]
+        return compute_matching(matching_features(vid, part.src_idx, "joint"), matching_features(vid, part.dst_idx, "joint"), "euclidean")
+
+    def reduced(mq, mkv, n_q, n_kv):
+        red_q = make_reduction(part_q, mq, n_q)
+        red_kv = make_reduction(part_kv, mkv, n_kv)
+        qr = torch.cat([q[:, :, :TEXT], gather_tokens(q[:, :, TEXT:], red_q.keep_idx)], dim=2)
+        kr = torch.cat([k[:, :, :TEXT], gather_tokens(k[:, :, TEXT:], red_kv.keep_idx)], dim=2)
+        vr = torch.cat([v[:, :, :TEXT], gather_tokens(v[:, :, TEXT:], red_kv.keep_idx)], dim=2)
+        out = F.scaled_dot_product_attention(qr, kr, vr)
+        return torch.cat([out[:, :, :TEXT], gather_tokens(out[:, :, TEXT:], red_q.restore_idx)], dim=2)
+
+    rows = []
+    t_dense = _median_time(dense, device, repeats)
+    t_match = _median_time(lambda: (match(part_q, q), match(part_kv, v)), device, repeats)
+    mq, mkv = match(part_q, q), match(part_kv, v)
+    for rq, rkv in ((0.3, 0.3), (0.5, 0.5), (0.7, 0.5)):
+        n_q, n_kv = int(rq * n), int(rkv * n)
+        t_red = _median_time(lambda: reduced(mq, mkv, n_q, n_kv), device, repeats)
+        t_dense_again = _median_time(dense, device, max(1, repeats // 2))
+        base = statistics.mean([t_dense, t_dense_again])
+        ideal = 1.0 / ((1 - rq) * (1 - rkv))
+        for s in (1, 4):
+            t = t_red + t_match / s
+            rows.append(dict(q=rq, kv=rkv, s=s, dense_s=base, asymrnr_s=t, speedup=base / t, ideal=ideal,
+                             matching_share=(t_match / s) / t))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ model
+THIRD_GRID = dict(num_layers=30, num_attention_heads=4, attention_head_dim=64, in_channels=16, out_channels=16,
+                  time_embed_dim=512, text_embed_dim=4096, sample_height=30, sample_width=20, sample_frames=49,
+                  patch_size=2, temporal_compression_ratio=4, max_text_seq_length=TEXT,
+                  use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False)
+FULL_5B = dict(num_layers=42, num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16,
+               time_embed_dim=512, text_embed_dim=4096, sample_height=60, sample_width=90, sample_frames=49,
+               patch_size=2, temporal_compression_ratio=4, max_text_seq_length=TEXT,
+               use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False)
+
+
+def _model_child(args) -> None:
+    """Run in a subprocess: time (or measure memory of) dense or scheduled transformer calls; print JSON."""
+    import resource
+
+    from diffusers import CogVideoXTransformer3DModel
+
+    import asymrnr
+    from asymrnr import Schedule
+
+    cfg = FULL_5B if args.shape == "5b" else THIRD_GRID
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    torch.manual_seed(0)
+    model = CogVideoXTransformer3DModel(**cfg).to(args.device, dtype).eval()
+    frames = (cfg["sample_frames"] - 1) // 4 + 1
+    x = torch.randn(1, frames, 16, cfg["sample_height"], cfg["sample_width"], device=args.device, dtype=dtype)
+    e = torch.randn(1, TEXT, 4096, device=args.device, dtype=dtype)
+    steps = [999 - i * 125 for i in range(8)]
+    schedule = Schedule.uniform(model, len(steps), q=0.5, kv=0.5, cache_steps=4)
+    if args.mode == "asymrnr":
+        asymrnr.apply(model, schedule)
+
+    def generation():
+        for t in steps:
+            ts = torch.full((1,), t, device=args.device)
+            with torch.no_grad():
+                model(hidden_states=x, encoder_hidden_states=e, timestep=ts, return_dict=False)
+
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(args.repeats):
+        _sync(args.device)
+        start = time.perf_counter()
+        generation()
+        _sync(args.device)
+        times.append((time.perf_counter() - start) / len(steps))
+    peak = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(json.dumps(dict(mode=args.mode, per_step_s=times, peak_bytes=peak, rss_before=rss_before * 1024)))
+
+
+def _run_child(mode: str, device: str, shape: str, repeats: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--device", device, "--shape", shape, "--repeats", str(repeats)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def model_benchmark(device: str, shape: str, repeats: int) -> dict:
+    from diffusers import CogVideoXTransformer3DModel
+
+    from asymrnr import Schedule
+    from asymrnr.flops import schedule_flops
+
+    cfg = FULL_5B if shape == "5b" else THIRD_GRID
+    with torch.device("meta"):
+        meta = CogVideoXTransformer3DModel(**cfg)
+    schedule = Schedule.uniform(meta, 8, q=0.5, kv=0.5, cache_steps=4)
+    predicted = schedule_flops(schedule, batch=1).predicted_speedup
+    # Interleave dense and AsymRnR processes so that machine noise hits both alike.
+    dense, fast = [], []
+    for _ in range(2):
+        dense.append(_run_child("dense", device, shape, repeats))
+        fast.append(_run_child("asymrnr", device, shape, repeats))
+    t_dense = statistics.median([t for r in dense for t in r["per_step_s"]])
+    t_fast = statistics.median([t for r in fast for t in r["per_step_s"]])
+    measured = t_dense / t_fast
+    peak_dense = max(r["peak_bytes"] for r in dense)
+    peak_fast = max(r["peak_bytes"] for r in fast)
+    return dict(shape=shape, device=device, dense_step_s=t_dense, asymrnr_step_s=t_fast, measured=measured,
+                predicted=predicted, fraction=measured / predicted, peak_dense=peak_dense, peak_asymrnr=peak_fast,
+                peak_ratio=peak_fast / peak_dense)
+
+
+# ----------------------------------------------------------------------------------------------- output
+def _machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def format_attention(rows: list[dict]) -> str:
+    lines = ["| q | kv | cache s | dense (s) | AsymRnR (s) | speedup | ideal 1/((1-q)(1-kv)) | matching share |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['q']} | {r['kv']} | {r['s']} | {r['dense_s']:.3f} | {r['asymrnr_s']:.3f} | "
+                     f"**{r['speedup']:.2f}x** | {r['ideal']:.2f}x | {r['matching_share']:.0%} |")
+    return "\n".join(lines)
+
+
+def format_model(m: dict) -> str:
+    mib = 1024 * 1024
+    return "\n".join([
+        "| shape | dense step (s) | AsymRnR step (s) | measured speedup | FLOPs-predicted | measured / predicted | peak dense (MiB) | peak AsymRnR (MiB) | peak ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {m['shape']} | {m['dense_step_s']:.3f} | {m['asymrnr_step_s']:.3f} | **{m['measured']:.3f}x** | {m['predicted']:.3f}x | "
+        f"{m['fraction']:.0%} | {m['peak_dense'] / mib:.0f} | {m['peak_asymrnr'] / mib:.0f} | {m['peak_ratio']:.3f} |",
+    ])
+
+
+def write_section(text: str, marker: str) -> None:
+    """Replace (or add) the section between ``<!-- marker -->`` lines of BENCHMARKS.md."""
+    path = ROOT / "BENCHMARKS.md"
+    begin, end = f"<!-- {marker} begin -->", f"<!-- {marker} end -->"
+    doc = path.read_text() if path.exists() else "# Benchmarks\n\nEvery speed is a ratio against the dense baseline measured in the same run.\n"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc:
+        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    path.write_text(doc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["attention", "model", "all"], default="all")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shape", choices=["third", "5b"], default="third")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", choices=["dense", "asymrnr"], help=argparse.SUPPRESS)
+    parser.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
+    args = parser.parse_args()
+    if args.child:
+        args.mode = args.child
+        _model_child(args)
+        return
+    torch.set_grad_enabled(False)
+    command = "python benchmarks/bench_runtime.py " + " ".join(sys.argv[1:])
+    sections = [f"## Runtime ({args.device}: {_machine(args.device)})", "", f"Command: `{command.strip()}`", ""]
+    if args.part in ("attention", "all"):
+        rows = attention_benchmark(args.device, args.repeats)
+        table = format_attention(rows)
+        print(table)
+        sections += ["### Attention level: 13 x 30 x 45 video + 226 text tokens, 2 heads x 64", "", table, ""]
+        at = {(r["q"], r["kv"], r["s"]): r["speedup"] for r in rows}
+        verdict = (f"Target at (0.5, 0.5): >= 3.0x with s=4 (measured {at[(0.5, 0.5, 4)]:.2f}x) and >= 2.5x with s=1 "
+                   f"(measured {at[(0.5, 0.5, 1)]:.2f}x).")
+        print(verdict)
+        sections += [verdict, ""]
+    if args.part in ("model", "all"):
+        m = model_benchmark(args.device, args.shape, args.repeats)
+        table = format_model(m)
+        print(table)
+        title = "third grid (30 blocks, 4 heads x 64, 13 x 10 x 15 tokens)" if args.shape == "third" else "full-size CogVideoX-5B, bf16"
+        verdict = (f"Targets: measured speedup >= 90% of the FLOPs prediction (measured {m['fraction']:.0%}); "
+                   f"peak memory <= 1.10x dense (measured {m['peak_ratio']:.3f}x).")
+        print(verdict)
+        sections += [f"### Model level: {title}, uniform (q, kv) = (0.5, 0.5), s = 4, mean of 8 steps, batch 1", "",
+                     table, "", verdict, ""]
+    if not args.no_write:
+        write_section("\n".join(sections).rstrip(), f"runtime-{args.device.split(':')[0]}-{args.shape}")
+
+
+if __name__ == "__main__":
+    main()
