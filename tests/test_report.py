@@ -645,3 +645,34 @@ def test_page_size_for_30_blocks_50_steps_4_runs():
     figures = total - len(po.get_plotlyjs().encode("utf-8"))
     assert figures < 2.5e6, f"figures take {figures / 1e6:.2f} MB"
     assert total < 7.5e6
+
+
+def test_report_of_the_golden_statistics_file():
+    from pathlib import Path
+
+    from asymrnr.profiler.stats_format import load_stats
+
+    golden = Path(__file__).parent / "data" / "stats_v1_golden.h5"
+    if not golden.exists():
+        pytest.skip("tests/data/stats_v1_golden.h5 not present")
+    stats = load_stats(golden)
+    sched = make_schedule(num_blocks=stats.num_blocks, num_steps=stats.num_steps)
+    page = report_html(stats, schedule=sched)
+    assert "could not be drawn" not in page
+    assert len(re.findall(r'class="plotly-graph-div"', page)) == 6
+
+
+def test_flops_model_failure_is_a_note():
+    sched = make_schedule()
+    sched = Schedule(
+        model=ModelDescription(**dict(MODEL, latent_grid=(1, 2, 2))),  # ceiling 3/4 < the largest q rate
+        sampler=sched.sampler, matching=sched.matching,
+        rates={"q": np.full((2, 3), 0.8), "kv": np.zeros((2, 3)), "h": np.zeros((2, 3))},
+    )
+    info = _get_schedule_info(sched, make_stats())
+    assert info.flops is None and "exceeds the ceiling" in info.flops_error
+    assert info.notes[0].startswith("Predicted savings not available: the FLOPs model failed (")
+    page = report_html(make_stats(), schedule=sched)
+    assert 'id="fig-rates"' in page and 'id="fig-savings"' not in page
+    assert "Predicted FLOPs not available" in _section(page, "summary")
+    assert "could not be drawn" not in page

@@ -102,6 +102,7 @@ BODY_PROBE = r"""<script>
         click(menuButtons(sim, 1)[0]); seq.push(visibleNames(sim));   // metric Euclidean (stays V)
         out.interactions.similarity = seq;
         out.interactions.similarityHeatmapsAfter = sim.querySelectorAll('g.hm image').length;
+        Plotly.Fx.hover(sim, {xval: 5, yval: 2});  // block 2, step 5
       }
       var norms = document.getElementById('fig-norms');
       if (norms) {
@@ -120,6 +121,7 @@ BODY_PROBE = r"""<script>
           out.interactions.normsAfter = linePaths(norms);
           out.interactions.normsVisibleAfter = norms.data[out.interactions.normsTraceIndex].visible;
         }
+        if (sim) { out.interactions.hoverText = sim.querySelector('g.hoverlayer').textContent; }
         out.resources = performance.getEntriesByType('resource').map(function (e) { return e.name; });
       } catch (e) { out.exception = String(e && e.stack || e); }
       out.errors = window.__probeErrors;
@@ -196,6 +198,9 @@ def test_report_renders_offline_in_chromium(chromium, tmp_path):
         ["H \u00b7 Euclidean"], ["Q \u00b7 Euclidean"], ["Q \u00b7 cosine"], ["V \u00b7 cosine"], ["V \u00b7 Euclidean"],
     ]
     assert out["interactions"]["similarityHeatmapsAfter"] >= 1
+    hover = out["interactions"]["hoverText"]
+    for part in ("block 2, step 5", "timestep", "standardized", "median", "p95", "max", "V \u00b7 Euclidean"):
+        assert part in hover, (part, hover)
     # the step slider swaps the data of the shown block, not which block is shown
     assert out["interactions"]["normsBefore"] and out["interactions"]["normsAfter"]
     assert out["interactions"]["normsAfter"] != out["interactions"]["normsBefore"]

@@ -507,6 +507,24 @@ def test_damaged_shared_axis(tmp_path, rng):
     assert "dataset 'rate_levels' does not hold the format version 1 values" in _load_error(path)
 
 
+@pytest.mark.parametrize(
+    "attr, value, message",
+    [
+        ("features", '["h", "q"]', "root attribute 'features' is ['h', 'q'], format version 1 has"),
+        ("branches", '"cond"', "root attribute 'branches' is not a list of names"),
+        ("model", '{"num_blocks": 4}', "model['num_blocks'] is 4 but the datasets hold 3"),
+        ("generation", "{not json", "root attribute 'generation' is not valid JSON"),
+        ("num_complete_runs", -1, "'num_complete_runs' is missing or invalid"),
+        ("num_complete_runs", 5, "expected [run=>=5"),
+    ],
+)
+def test_damaged_attributes(tmp_path, rng, attr, value, message):
+    path = write_file(tmp_path / "s.h5", [make_run(rng)])
+    with h5py.File(path, "r+") as f:
+        f.attrs[attr] = value
+    assert message in _load_error(path)
+
+
 def test_wrong_dataset_shape(tmp_path, rng):
     path = write_file(tmp_path / "s.h5", [make_run(rng)])
     with h5py.File(path, "r+") as f:

@@ -27,7 +27,7 @@ from ._common import (
     rgba,
     step_groups,
 )
-from ._controls import animate_args, initial_visibility, linked_menus
+from ._controls import animate_args, linked_menus
 from ._similarity import _text_trace
 
 PERCENTILE = 0.95

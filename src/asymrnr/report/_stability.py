@@ -31,7 +31,7 @@ from ._common import (
     page_features,
     recompute_steps,
 )
-from ._controls import initial_visibility, linked_menus
+from ._controls import linked_menus
 from ._similarity import _text_trace
 
 MEASURES = ("same_dst", "corr")
