@@ -266,6 +266,20 @@ def make_reduction(partition: Partition, matching: Matching, n_r: int) -> Reduct
     return Reduction(keep_idx, restore_idx, drop_idx, drop_dst, nd)
 
 
+def with_prefix(idx: torch.Tensor, prefix: int) -> torch.Tensor:
+    """Index into a sequence that starts with ``prefix`` untouched tokens (CogVideoX's text tokens).
+
+    Args:
+        idx: ``[G, M]`` indices into the video part.
+
+    Returns:
+        ``[G, prefix + M]``: ``0 .. prefix-1`` followed by ``prefix + idx``, so that one gather over the whole
+        joint sequence both keeps the text and reduces (or restores) the video, with no concatenation.
+    """
+    head = torch.arange(prefix, device=idx.device, dtype=idx.dtype).unsqueeze(0).expand(idx.shape[0], prefix)
+    return torch.cat([head, idx + prefix], dim=1)
+
+
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Gather tokens along the sequence dim.
 

@@ -21,7 +21,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..matching import compute_matching, gather_tokens, make_reduction, matching_features, merge_mean, Reduction
+from ..matching import (
+    Reduction,
+    compute_matching,
+    gather_tokens,
+    make_reduction,
+    matching_features,
+    merge_mean,
+    with_prefix,
+)
 from .state import RuntimeContext
 
 
@@ -52,20 +60,31 @@ class AsymRnRAttnProcessor:
         self.original = original
 
     # ------------------------------------------------------------------------------------- matching
-    def _reduction(self, feature: str, feats: torch.Tensor, n_r: int, batch: int) -> Reduction:
-        """Matching (cached per Eq. 4) of ``feats`` (``[B, N, C]`` or ``[B, heads, N, D]``) and its indices."""
+    def _reduction(self, feature: str, feats: torch.Tensor, n_r: int, batch: int, text_len: int):
+        """Matching (cached per Eq. 4) of ``feats`` (``[B, N, C]`` or ``[B, heads, N, D]``) and its indices.
+
+        Returns:
+            ``(reduction, keep_full [G, T + N - n_r], restore_full [G, T + N])``: the last two index the whole
+            joint sequence (text first), so reduction and restoration are one gather each.
+        """
         ctx = self.context
         grid = ctx.call.grid
-        part = ctx.partition(grid, self.block_index, feature, feats.device)
         settings = ctx.schedule.matching
-        matching = ctx.cached_matching(self.block_index, feature, batch)
-        if matching is None:
+        entry = ctx.cached_matching(self.block_index, feature, batch)
+        part = ctx.partition(grid, self.block_index, feature, feats.device)
+        if entry is None:
             granularity = "joint" if feats.dim() == 3 else settings.granularity
             src = matching_features(feats, part.src_idx, granularity)
             dst = matching_features(feats, part.dst_idx, granularity)
             matching = compute_matching(src, dst, settings.metric, random_scores=part.random_scores)
-            ctx.store_matching(self.block_index, feature, batch, matching)
-        return make_reduction(part, matching, n_r)
+            entry = ctx.store_matching(self.block_index, feature, batch, matching)
+        key = (n_r, text_len)
+        derived = entry.derived.get(key)
+        if derived is None:
+            red = make_reduction(part, entry.matching, n_r)
+            derived = (red, with_prefix(red.keep_idx, text_len), with_prefix(red.restore_idx, text_len))
+            entry.derived[key] = derived
+        return derived
 
     def _reduce(self, x: torch.Tensor, red: Reduction) -> torch.Tensor:
         if self.context.schedule.matching.reduce_op == "mean":
@@ -104,7 +123,7 @@ class AsymRnRAttnProcessor:
         red_h = None
         rope = image_rotary_emb
         if n_h:
-            red_h = self._reduction("h", hidden_states, n_h, batch)
+            red_h, _, _ = self._reduction("h", hidden_states, n_h, batch, 0)
             hidden_states = self._reduce(hidden_states, red_h)
             if image_rotary_emb is not None:
                 cos, sin = image_rotary_emb
@@ -148,22 +167,30 @@ class AsymRnRAttnProcessor:
             for observer in ctx.observers:
                 observer(self.block_index, observed, ctx)
 
-        # AsymRnR: Q and K/V reduced separately, after norm and RoPE, video tokens only.
-        red_q = None
+        # AsymRnR: Q and K/V reduced separately, after norm and RoPE, video tokens only. With ``discard`` one
+        # gather over the joint sequence keeps the text and drops the matched video tokens.
+        mean = ctx.schedule is not None and ctx.schedule.matching.reduce_op == "mean"
+        restore_q = None
         if n_q:
-            q_vid = query[:, :, text_len:]
-            red_q = self._reduction("q", q_vid, n_q, batch)
-            query = torch.cat([query[:, :, :text_len], self._reduce(q_vid, red_q)], dim=2)
+            red_q, keep_q, restore_q = self._reduction("q", query[:, :, text_len:], n_q, batch, text_len)
+            if mean:
+                query = torch.cat([query[:, :, :text_len], merge_mean(query[:, :, text_len:], red_q)], dim=2)
+            else:
+                query = gather_tokens(query, keep_q)
         if n_kv:
-            v_vid = value[:, :, text_len:]
-            red_kv = self._reduction("kv", v_vid, n_kv, batch)  # K and V share the matching computed on V
-            key = torch.cat([key[:, :, :text_len], self._reduce(key[:, :, text_len:], red_kv)], dim=2)
-            value = torch.cat([value[:, :, :text_len], self._reduce(v_vid, red_kv)], dim=2)
+            # K and V share the matching computed on V.
+            red_kv, keep_kv, _ = self._reduction("kv", value[:, :, text_len:], n_kv, batch, text_len)
+            if mean:
+                key = torch.cat([key[:, :, :text_len], merge_mean(key[:, :, text_len:], red_kv)], dim=2)
+                value = torch.cat([value[:, :, :text_len], merge_mean(value[:, :, text_len:], red_kv)], dim=2)
+            else:
+                key = gather_tokens(key, keep_kv)
+                value = gather_tokens(value, keep_kv)
 
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
 
-        if red_q is not None:  # restoration: every dropped query takes its destination's output
-            out = torch.cat([out[:, :, :text_len], gather_tokens(out[:, :, text_len:], red_q.restore_idx)], dim=2)
+        if restore_q is not None:  # restoration: every dropped query takes its destination's output
+            out = gather_tokens(out, restore_q)
 
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
         out = attn.to_out[0](out)

@@ -45,6 +45,8 @@ class CachedMatching:
     window: int
     batch: int
     matching: Matching
+    # Index tensors derived from the matching, per (n_r, text_len): reused on every step of the window.
+    derived: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -228,15 +230,17 @@ class RuntimeContext:
     def plan_for_block(self, block: int) -> BlockPlan | None:
         return self._plans[block]
 
-    def cached_matching(self, block: int, feature: str, batch: int) -> Matching | None:
+    def cached_matching(self, block: int, feature: str, batch: int) -> CachedMatching | None:
         entry = self.match_cache.get((block, feature))
         if entry is None or entry.window != self.call.window or entry.batch != batch:
             return None
-        return entry.matching
+        return entry
 
-    def store_matching(self, block: int, feature: str, batch: int, matching: Matching) -> None:
-        self.match_cache[(block, feature)] = CachedMatching(self.call.window, batch, matching)
+    def store_matching(self, block: int, feature: str, batch: int, matching: Matching) -> CachedMatching:
+        entry = CachedMatching(self.call.window, batch, matching)
+        self.match_cache[(block, feature)] = entry
         self.match_log.append((self.call.gen_step, block, feature))
+        return entry
 
 
 def _short(values) -> str:
