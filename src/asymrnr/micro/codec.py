@@ -101,7 +101,7 @@ class PixelCodec(ModelMixin, ConfigMixin):
         return CodecDecoderOutput(sample=video) if return_dict else (video,)
 
     def forward(self, x: torch.Tensor):
-        return self.decode(self.encode(x).latent_dist.mode())
+        return self.decode(self.encode(x).latent_dist.mode()).sample
 
 
 __all__ = ["PixelCodec"]

@@ -77,6 +77,7 @@ def build_untrained_pipeline(seed: int = 0, transformer_overrides: dict | None =
 
 def load_micro_pipeline(path: str | os.PathLike | None = None, torch_dtype=None):
     """``CogVideoXPipeline.from_pretrained`` of the shipped (or given) micro pipeline folder, offline."""
+    import asymrnr.micro.codec  # noqa: F401  diffusers loads a custom component's library only once imported
     from asymrnr.errors import ModelNotFoundError
     from asymrnr.models.loading import load_pipeline_dir
 

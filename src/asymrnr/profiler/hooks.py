@@ -139,7 +139,7 @@ class Profiler:
         self._run_timesteps: list[float] = []
         self._run_done = False
         self._step_buf: torch.Tensor | None = None
-        self._prev: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._prev: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # block -> previous step's (dst, sim)
         self._prompt = getattr(self, "_prompt", "")
         self._seed_of_run = getattr(self, "_seed_of_run", -1)
 
@@ -163,6 +163,12 @@ class Profiler:
         return bool(cfg) and batch % 2 == 0
 
     def _observe(self, block: int, feats: dict[str, torch.Tensor], ctx: RuntimeContext) -> None:
+        """Reduce one block's features to statistics, on the device, batched over features and branches.
+
+        Every (feature, branch) pair has the same number of sources and destinations (they depend only on
+        the grid and stride), so all pairs are matched by one batched matmul per metric and summarised by
+        batched sorts and quantiles: a handful of kernels per block instead of dozens of small ones.
+        """
         call = ctx.call
         if call is None:
             return
@@ -171,41 +177,50 @@ class Profiler:
         batch = feats["h"].shape[0]
         branches = self._branches(batch)
         device = feats["h"].device
-        if self._step_buf is None or self._step_buf.device != device or self._step_buf.shape[0] != len(branches):
-            self._step_buf = torch.full(
-                (len(branches), ctx.num_blocks, len(_FEATURES), _VEC_LEN), float("nan"), device=device
-            )
+        nb, nf = len(branches), len(_FEATURES)
+        if self._step_buf is None or self._step_buf.device != device or self._step_buf.shape[0] != nb:
+            self._step_buf = torch.full((nb, ctx.num_blocks, nf, _VEC_LEN), float("nan"), device=device)
         stride, seed, gran = self._matching_layout(ctx)
         grid = call.grid
         n = math.prod(grid)
         edges, qlev = self._constants(device)
-        for fi, name in enumerate(_FEATURES):
-            x = feats[name]
-            # All the partitions a schedule would use for this feature (stride/seed of the applied schedule).
+        samples = torch.tensor([sample for _, sample in branches], device=device)
+
+        srcs, dsts, tokens = [], [], []  # one entry per feature: [Br * g, Ns, C], [Br * g, Nd, C], [Br, N, C']
+        for name in _FEATURES:
+            x = feats[name].index_select(0, samples).float()  # [Br, N, C] or [Br, heads, N, D]
             if self._stride is None and self._seed is None:
                 part = ctx.partition(grid, block, _PARTITION_KEY[name], device)  # exactly the runtime's partition
             else:
                 part = self._own_partition(ctx, grid, stride, seed, block, name, device)
-            for bi, (_, sample) in enumerate(branches):
-                xs = x[sample : sample + 1].float()
-                src = matching_features(xs, part.src_idx, gran)
-                dst = matching_features(xs, part.dst_idx, gran)
-                e_sim, e_dst, c_sim, _ = best_matches_euclidean_and_cosine(src, dst)
-                e_sim, e_dst, c_sim = e_sim.flatten(), e_dst.flatten(), c_sim.flatten()
-                vec = self._step_buf[bi, block, fi]
-                vec[_OFF_EU : _OFF_EU + _SIM_LEN] = _sim_stats(e_sim, n, qlev)
-                vec[_OFF_COS : _OFF_COS + _SIM_LEN] = _sim_stats(c_sim, n, qlev)
-                tokens = xs[0] if xs.dim() == 3 else xs[0].transpose(0, 1).reshape(xs.shape[2], -1)
-                norms = tokens.norm(dim=-1)
-                vec[_OFF_NQ : _OFF_NQ + _NQ] = torch.quantile(norms, qlev)
-                idx = torch.bucketize(norms.clamp(edges[0], edges[-1]), edges, right=True).clamp(1, _NB) - 1
-                vec[_OFF_NH : _OFF_NH + _NB] = torch.bincount(idx, minlength=_NB)[:_NB].float()
-                key = (bi, block, name)
-                prev = self._prev.get(key)
-                if prev is not None and prev[0].shape == e_dst.shape:
-                    vec[_OFF_ST] = (prev[0] == e_dst).float().mean()
-                    vec[_OFF_ST + 1] = _corr(prev[1], e_sim)
-                self._prev[key] = (e_dst, e_sim)
+            srcs.append(matching_features(x, part.src_idx, gran))
+            dsts.append(matching_features(x, part.dst_idx, gran))
+            tokens.append(x if x.dim() == 3 else x.transpose(1, 2).reshape(nb, n, -1))
+        if len({t.shape[1:] for t in srcs}) == 1:  # joint granularity: every feature has the same width
+            e_sim, e_dst, c_sim, _ = best_matches_euclidean_and_cosine(torch.cat(srcs), torch.cat(dsts))
+        else:  # per-head matching: widths differ between H and Q/K/V
+            parts = [best_matches_euclidean_and_cosine(a, b) for a, b in zip(srcs, dsts)]
+            e_sim, e_dst, c_sim = (torch.cat([p[i] for p in parts]) for i in (0, 1, 2))
+        # Rows are ordered (feature, branch[, head]); fold heads into the source axis: [F * Br, Ns * g].
+        rows = nf * nb
+        e_sim, e_dst, c_sim = (t.reshape(rows, -1) for t in (e_sim, e_dst, c_sim))
+
+        vec = torch.empty((rows, _VEC_LEN), device=device)
+        vec[:, _OFF_EU : _OFF_EU + _SIM_LEN] = _sim_stats(e_sim, n, qlev)
+        vec[:, _OFF_COS : _OFF_COS + _SIM_LEN] = _sim_stats(c_sim, n, qlev)
+        norms = torch.cat(tokens).norm(dim=-1)  # [F * Br, N]
+        vec[:, _OFF_NQ : _OFF_NQ + _NQ] = torch.quantile(norms, qlev, dim=-1).transpose(0, 1)
+        bins = torch.bucketize(norms.clamp(edges[0], edges[-1]), edges, right=True).clamp(1, _NB) - 1
+        bins = bins + torch.arange(rows, device=device).unsqueeze(1) * _NB
+        vec[:, _OFF_NH : _OFF_NH + _NB] = torch.bincount(bins.flatten(), minlength=rows * _NB).view(rows, _NB).float()
+        prev = self._prev.get(block)
+        if prev is not None and prev[0].shape == e_dst.shape:
+            vec[:, _OFF_ST] = (prev[0] == e_dst).float().mean(-1)
+            vec[:, _OFF_ST + 1] = _corr(prev[1], e_sim)
+        else:
+            vec[:, _OFF_ST : _OFF_ST + 2] = float("nan")
+        self._prev[block] = (e_dst, e_sim)
+        self._step_buf[:, block] = vec.view(nf, nb, _VEC_LEN).transpose(0, 1)
 
     def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Histogram edges and quantile levels on ``device``, built once."""
@@ -298,25 +313,26 @@ class Profiler:
 
 
 def _sim_stats(sim: torch.Tensor, n_tokens: int, qlev: torch.Tensor) -> torch.Tensor:
-    """``[1 + Q + R]``: mean, quantiles and the rate curve (similarity of the n_r-th best match)."""
-    ns = sim.numel()
-    sorted_desc = torch.sort(sim, descending=True).values
+    """``[K, 1 + Q + R]`` per row of ``sim [K, Ns]``: mean, quantiles, and the rate curve (the similarity of
+    the n_r-th best match for each rate of ``RATE_LEVELS``; NaN where n_r is 0 or exceeds the sources)."""
+    ns = sim.shape[-1]
+    sorted_desc = torch.sort(sim, dim=-1, descending=True).values
     rate_idx = [int(r * n_tokens) - 1 for r in sf.RATE_LEVELS]
-    valid = [0 <= i < ns for i in rate_idx]
-    gather = torch.tensor([i if ok else 0 for i, ok in zip(rate_idx, valid)], device=sim.device)
-    curve = sorted_desc[gather]
-    curve = torch.where(torch.tensor(valid, device=sim.device), curve, torch.full_like(curve, float("nan")))
-    return torch.cat([sim.mean().view(1), torch.quantile(sim, qlev), curve])
+    valid = torch.tensor([0 <= i < ns for i in rate_idx], device=sim.device)
+    cols = torch.tensor([i if 0 <= i < ns else 0 for i in rate_idx], device=sim.device)
+    curve = torch.where(valid, sorted_desc.index_select(-1, cols), torch.full((), float("nan"), device=sim.device))
+    quant = torch.quantile(sim, qlev, dim=-1).transpose(0, 1)
+    return torch.cat([sim.mean(-1, keepdim=True), quant, curve], dim=-1)
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of two 1-D tensors, on the device (1.0 for two identical constant vectors)."""
-    da = a - a.mean()
-    db = b - b.mean()
-    denom = (da.pow(2).sum() * db.pow(2).sum()).sqrt()
-    same = (a - b).abs().max() == 0
-    nan = torch.full((), float("nan"), device=a.device)
-    return torch.where(denom > 0, (da * db).sum() / denom.clamp_min(1e-30), torch.where(same, torch.ones_like(nan), nan))
+    """Row-wise Pearson correlation of ``[K, M]`` tensors, on the device (1 for identical constant rows)."""
+    da = a - a.mean(-1, keepdim=True)
+    db = b - b.mean(-1, keepdim=True)
+    denom = (da.pow(2).sum(-1) * db.pow(2).sum(-1)).sqrt()
+    same = (a - b).abs().amax(-1) == 0
+    nan = torch.full_like(denom, float("nan"))
+    return torch.where(denom > 0, (da * db).sum(-1) / denom.clamp_min(1e-30), torch.where(same, torch.ones_like(nan), nan))
 
 
 def profile(pipe: Any, path: str | Path, *, mode: str = "a", **layout: Any) -> Profiler:
