@@ -301,8 +301,10 @@ def inspect_command(file):
               help="A schedule to draw next to the statistics.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
               help="The HTML file to write.")
+@click.option("--block-groups", default=None,
+              help='Block groups of the trend plots: "4" (equal groups), "0-9,10-19,20-29" or "shallow=0-9,deep=10-29".')
 @_user_errors
-def report_command(stats_file, schedule_file, output):
+def report_command(stats_file, schedule_file, output, block_groups):
     """Write the interactive calibration report: one self-contained offline HTML file."""
     from .profiler import load_stats
     from .report import write_report
@@ -310,7 +312,7 @@ def report_command(stats_file, schedule_file, output):
 
     stats = load_stats(stats_file)
     schedule = load_schedule(schedule_file) if schedule_file else None
-    path = write_report(stats, output, schedule=schedule)
+    path = write_report(stats, output, schedule=schedule, block_groups=block_groups)
     click.echo(f"report: {path}")
 
 
