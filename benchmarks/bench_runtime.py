@@ -41,6 +41,7 @@ from asymrnr.matching import (  # noqa: E402
     make_partition,
     make_reduction,
     matching_features,
+    take_tokens,
     with_prefix,
 )
 
@@ -88,9 +89,8 @@ def attention_benchmark(device: str, repeats: int, heads: int = 2, head_dim: int
     grid = (13, 30, 45)
     n = math.prod(grid)
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(1, heads, TEXT + n, head_dim, generator=g).to(device, dtype)
-    k = torch.randn(1, heads, TEXT + n, head_dim, generator=g).to(device, dtype)
-    v = torch.randn(1, heads, TEXT + n, head_dim, generator=g).to(device, dtype)
+    # CogVideoX's layout: projections are [B, S, heads, D], viewed as [B, heads, S, D].
+    q, k, v = (torch.randn(1, TEXT + n, heads, head_dim, generator=g).to(device, dtype).transpose(1, 2) for _ in range(3))
     part_q = make_partition(grid, (2, 2, 2), 1).to(device)
     part_kv = make_partition(grid, (2, 2, 2), 2).to(device)
 
@@ -106,8 +106,8 @@ def attention_benchmark(device: str, repeats: int, heads: int = 2, head_dim: int
 
     def reduced(keep_q, restore_q, keep_kv):
         """Every call: one gather per tensor, SDPA on the reduced lengths, one gather to restore."""
-        out = F.scaled_dot_product_attention(gather_tokens(q, keep_q), gather_tokens(k, keep_kv), gather_tokens(v, keep_kv))
-        return gather_tokens(out, restore_q)
+        out = F.scaled_dot_product_attention(take_tokens(q, keep_q), take_tokens(k, keep_kv), take_tokens(v, keep_kv))
+        return take_tokens(out, restore_q)
 
     rows = []
     dense_times = [_median_time(dense, device, repeats)]

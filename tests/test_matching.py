@@ -15,6 +15,7 @@ from asymrnr.matching import (
     merge_mean,
     num_windows,
     rate_ceiling,
+    take_tokens,
 )
 
 
@@ -130,3 +131,18 @@ def test_random_metric_is_content_blind():
     ma = compute_matching(matching_features(a, part.src_idx, "joint"), matching_features(a, part.dst_idx, "joint"), "random", random_scores=part.random_scores)
     mb = compute_matching(matching_features(b, part.src_idx, "joint"), matching_features(b, part.dst_idx, "joint"), "random", random_scores=part.random_scores)
     assert torch.equal(ma.order, mb.order)
+
+
+@pytest.mark.parametrize("layout", ["bshd", "bhsd", "strided"])
+def test_take_tokens_equals_gather_in_every_layout(layout):
+    g = torch.Generator().manual_seed(0)
+    if layout == "bshd":
+        x = torch.randn(2, 50, 3, 4, generator=g).transpose(1, 2)
+    elif layout == "bhsd":
+        x = torch.randn(2, 3, 50, 4, generator=g)
+    else:
+        x = torch.randn(2, 3, 100, 4, generator=g)[:, :, ::2]
+    idx = torch.stack([torch.randperm(50, generator=g)[:20] for _ in range(2)])
+    assert torch.equal(take_tokens(x, idx), gather_tokens(x, idx))
+    per_head = torch.stack([torch.randperm(50, generator=g)[:20] for _ in range(6)])
+    assert torch.equal(take_tokens(x, per_head), gather_tokens(x, per_head))

@@ -300,6 +300,29 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 2, index)
 
 
+def take_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """:func:`gather_tokens` for ``x [B, heads, S, D]`` and one index per sample (``idx [B, M]``), as whole-row
+    copies: ``index_select`` over rows of the layout ``x`` is stored in.
+
+    Q/K/V in CogVideoX are ``[B, S, heads, D]`` tensors viewed as ``[B, heads, S, D]``; selecting token rows
+    of ``heads * D`` contiguous values is a plain memory copy, faster than an element-wise ``gather`` with an
+    expanded index. Falls back to :func:`gather_tokens` for per-head indices or other layouts.
+    """
+    b, heads, s, d = x.shape
+    if idx.shape[0] != b:
+        return gather_tokens(x, idx)
+    m = idx.shape[1]
+    xt = x.transpose(1, 2)
+    if xt.is_contiguous():  # memory order [B, S, heads, D]
+        rows = (idx + torch.arange(b, device=idx.device).unsqueeze(1) * s).reshape(-1)
+        return xt.reshape(b * s, heads * d).index_select(0, rows).view(b, m, heads, d).transpose(1, 2)
+    if x.is_contiguous():  # memory order [B, heads, S, D]
+        base = (torch.arange(b, device=idx.device).view(b, 1, 1) * heads + torch.arange(heads, device=idx.device).view(1, heads, 1)) * s
+        rows = (base + idx.view(b, 1, m)).reshape(-1)
+        return x.reshape(b * heads * s, d).index_select(0, rows).view(b, heads, m, d)
+    return gather_tokens(x, idx)
+
+
 def merge_mean(x: torch.Tensor, red: Reduction) -> torch.Tensor:
     """Reduce by averaging each dropped source into its destination (ToMe's ``mean``).
 

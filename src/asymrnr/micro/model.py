@@ -14,7 +14,7 @@ from typing import Any
 
 from asymrnr.micro import data as D
 
-MICRO_TEXT_LEN = 48  # the longest prompt of the grammar is 42 tokens
+MICRO_TEXT_LEN = 24  # the longest prompt of the grammar is 16 word-level tokens + </s>
 MICRO_NUM_STEPS = 20
 MICRO_GUIDANCE = 5.0
 LATENT_CHANNELS = 12
@@ -51,17 +51,60 @@ def call_kwargs() -> dict[str, Any]:
     )
 
 
+def _grammar_corpus() -> list[str]:
+    return [D.make_prompt(*a) for a in D.all_attribute_tuples()] + [
+        "letters: a b c d e f g h i j k l m n o p q r s t u v w x y z , . ; : ! ? ' - 0 1 2 3 4 5 6 7 8 9"
+    ]
+
+
+def build_micro_tokenizer():
+    """A ``T5Tokenizer`` whose unigram vocabulary (trained here on the prompt grammar) holds every grammar word
+    as one piece, so that a prompt is a short sequence of word tokens."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_grammar_corpus()), model_writer=model, model_type="unigram", vocab_size=96,
+        hard_vocab_limit=False, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        num_threads=1, minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = [(sp.id_to_piece(i), float(sp.get_score(i))) for i in range(sp.get_piece_size())]
+    tok = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=MICRO_TEXT_LEN)
+    if len(tok) < 40:
+        raise RuntimeError(f"micro tokenizer has only {len(tok)} tokens; T5Tokenizer ignored the vocabulary")
+    return tok
+
+
+def build_micro_text_encoder(vocab_size: int, seed: int = 0):
+    """A frozen random one-layer T5 encoder (d_model 32): word features with a little context."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=32, feed_forward_proj="gated-gelu",
+        dropout_rate=0.0, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 2)
+        model = T5EncoderModel(config)
+    return model.eval()
+
+
 def build_untrained_pipeline(seed: int = 0, transformer_overrides: dict | None = None, scaling_factor: float = 1.0):
     """A micro pipeline with a freshly initialised transformer (float32, CPU)."""
     import torch
     from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 
     from asymrnr.micro.codec import PixelCodec
-    from asymrnr.models.tiny import build_tiny_text_encoder, build_tiny_tokenizer, tiny_scheduler_config
+    from asymrnr.models.tiny import tiny_scheduler_config
 
-    tokenizer = build_tiny_tokenizer()
-    tokenizer.model_max_length = MICRO_TEXT_LEN
-    text_encoder = build_tiny_text_encoder(len(tokenizer), seed=0)
+    tokenizer = build_micro_tokenizer()
+    text_encoder = build_micro_text_encoder(len(tokenizer), seed=0)
     cfg = {**TRANSFORMER_CONFIG, **(transformer_overrides or {})}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -92,5 +135,5 @@ def load_micro_pipeline(path: str | os.PathLike | None = None, torch_dtype=None)
 
 __all__ = [
     "MICRO_TEXT_LEN", "MICRO_NUM_STEPS", "MICRO_GUIDANCE", "TRANSFORMER_CONFIG", "default_weights_dir",
-    "call_kwargs", "build_untrained_pipeline", "load_micro_pipeline",
+    "call_kwargs", "build_untrained_pipeline", "load_micro_pipeline", "build_micro_tokenizer", "build_micro_text_encoder",
 ]

@@ -28,6 +28,7 @@ from ..matching import (
     make_reduction,
     matching_features,
     merge_mean,
+    take_tokens,
     with_prefix,
 )
 from .state import RuntimeContext
@@ -176,7 +177,7 @@ class AsymRnRAttnProcessor:
             if mean:
                 query = torch.cat([query[:, :, :text_len], merge_mean(query[:, :, text_len:], red_q)], dim=2)
             else:
-                query = gather_tokens(query, keep_q)
+                query = take_tokens(query, keep_q)
         if n_kv:
             # K and V share the matching computed on V.
             red_kv, keep_kv, _ = self._reduction("kv", value[:, :, text_len:], n_kv, batch, text_len)
@@ -184,13 +185,13 @@ class AsymRnRAttnProcessor:
                 key = torch.cat([key[:, :, :text_len], merge_mean(key[:, :, text_len:], red_kv)], dim=2)
                 value = torch.cat([value[:, :, :text_len], merge_mean(value[:, :, text_len:], red_kv)], dim=2)
             else:
-                key = gather_tokens(key, keep_kv)
-                value = gather_tokens(value, keep_kv)
+                key = take_tokens(key, keep_kv)
+                value = take_tokens(value, keep_kv)
 
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
 
         if restore_q is not None:  # restoration: every dropped query takes its destination's output
-            out = gather_tokens(out, restore_q)
+            out = take_tokens(out, restore_q)
 
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
         out = attn.to_out[0](out)
