@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop early (and save) after this much wall time; makes the result timing-dependent")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="continue from a saved micro pipeline folder (its transformer weights); use another --seed")
     ap.add_argument("--out", type=Path, default=Path("src/asymrnr/data/micro-cogvideox"))
     ap.add_argument("--ckpt", type=Path, default=None, help="also save the EMA transformer here every --ckpt-every steps")
     ap.add_argument("--ckpt-every", type=int, default=250)
@@ -49,6 +51,12 @@ def main(argv=None) -> int:
     t_start = time.time()
     train_attrs, heldout = D.split_prompts()
     pipe = build_untrained_pipeline(seed=args.seed)
+    if args.init is not None:
+        from diffusers import CogVideoXTransformer3DModel
+
+        init = CogVideoXTransformer3DModel.from_pretrained(args.init / "transformer")
+        pipe.transformer.load_state_dict(init.state_dict())
+        print(f"initialised the transformer from {args.init}", flush=True)
 
     # latent scale: 1 / std of the codec's latents over a fixed sample of training videos
     keyframes = list(range(0, D.NUM_FRAMES, 4))
@@ -159,6 +167,7 @@ def main(argv=None) -> int:
     with quiet_progress_bars():
         pipe.save_pretrained(tmp, safe_serialization=True)
     info = {
+        "init": None if args.init is None else str(args.init),
         "steps": steps_done, "planned_steps": args.steps, "stopped_early": stopped_early, "batch": args.batch,
         "lr": args.lr, "ema": args.ema, "cfg_drop": args.cfg_drop, "seed": args.seed, "threads": args.threads,
         "final_loss_last100": float(np.mean(losses[-100:])), "train_minutes": round((time.time() - t_loop) / 60, 2),
@@ -166,6 +175,8 @@ def main(argv=None) -> int:
         "transformer_parameters": n_params, "history": history,
         "command": "python scripts/train_micro.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
+    if args.init is not None and (args.init / "training.json").is_file():
+        info["previous"] = json.loads((args.init / "training.json").read_text())
     (tmp / "training.json").write_text(json.dumps(info, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)

@@ -112,3 +112,14 @@ def test_micro_pipeline_loads_offline_and_generates(monkeypatch):
     out = np.asarray(out)
     assert out.shape == (1, D.NUM_FRAMES, D.HEIGHT, D.WIDTH, 3)
     assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_micro_tokenizer_has_one_token_per_grammar_word():
+    from asymrnr.micro.model import MICRO_TEXT_LEN, build_micro_tokenizer
+
+    tok = build_micro_tokenizer()
+    p = D.make_prompt("purple", "triangle", "turn", "checkered", "right")
+    assert tok.tokenize(p)[:4] == ["\u2581a", "\u2581purple", "\u2581triangle", "\u2581turns"]
+    longest = max(len(tok(D.make_prompt(*a)).input_ids) for a in D.all_attribute_tuples())
+    assert longest <= MICRO_TEXT_LEN
+    assert len(tok.tokenize("a fox jumps")) > 3  # unknown words fall back to characters

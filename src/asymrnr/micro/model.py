@@ -1,7 +1,7 @@
 """The micro CogVideoX pipeline: a small trained 5B-style DiT (3D RoPE, DPM) over our procedural videos.
 
-Components: the tiny T5 text encoder and tokenizer of :mod:`asymrnr.models.tiny` (frozen, random), the
-fixed :class:`~asymrnr.micro.codec.PixelCodec` as VAE, ``CogVideoXDPMScheduler`` as in CogVideoX-5B, and a
+Components: a word-level ``T5Tokenizer`` over the prompt grammar and a frozen, random one-layer T5 encoder
+(d_model 32; built here, deterministic), the fixed :class:`~asymrnr.micro.codec.PixelCodec` as VAE, ``CogVideoXDPMScheduler`` as in CogVideoX-5B, and a
 ``CogVideoXTransformer3DModel`` trained by ``scripts/train_micro.py``. The trained pipeline ships in
 ``asymrnr/data/micro-cogvideox`` and loads through ``CogVideoXPipeline.from_pretrained``.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from asymrnr.micro import data as D
 
-MICRO_TEXT_LEN = 24  # the longest prompt of the grammar is 16 word-level tokens + </s>
+MICRO_TEXT_LEN = 16  # the longest prompt of the grammar is 14 word tokens + </s>
 MICRO_NUM_STEPS = 20
 MICRO_GUIDANCE = 5.0
 LATENT_CHANNELS = 12
@@ -58,21 +58,16 @@ def _grammar_corpus() -> list[str]:
 
 
 def build_micro_tokenizer():
-    """A ``T5Tokenizer`` whose unigram vocabulary (trained here on the prompt grammar) holds every grammar word
-    as one piece, so that a prompt is a short sequence of word tokens."""
-    import io
-
-    import sentencepiece as spm
+    """A ``T5Tokenizer`` over a unigram vocabulary written here: every word of the prompt grammar is one piece
+    (score -1), with single characters (score -10) as a fallback, so that a prompt is a short sequence of
+    word tokens. Ids follow T5: ``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2."""
     from transformers import T5Tokenizer
 
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_grammar_corpus()), model_writer=model, model_type="unigram", vocab_size=96,
-        hard_vocab_limit=False, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        num_threads=1, minloglevel=2,
-    )
-    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    vocab = [(sp.id_to_piece(i), float(sp.get_score(i))) for i in range(sp.get_piece_size())]
+    words = sorted({w for text in _grammar_corpus()[:-1] for w in text.replace(",", " ,").split()})
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789,.;:!?'-"
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + w, -1.0) for w in words if w != ","] + [(",", -1.0)]
+    vocab += [(c, -10.0) for c in chars if c != ","] + [("\u2581" + c, -10.5) for c in chars]
     tok = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=MICRO_TEXT_LEN)
     if len(tok) < 40:
         raise RuntimeError(f"micro tokenizer has only {len(tok)} tokens; T5Tokenizer ignored the vocabulary")
