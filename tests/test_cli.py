@@ -130,3 +130,16 @@ def test_default_prompt_set_is_varied():
     text = " ".join(prompts).lower()
     for word in ("woman", "retriever", "car", "mountain", "camera", "slow", "fast"):
         assert word in text
+
+
+def test_calibrate_on_the_trained_micro_model(tmp_path):
+    res = CliRunner().invoke(
+        calibrate_command,
+        ["--model", "micro-cogvideox", "--num-prompts", "1", "--steps", "4", "--out", str(tmp_path)],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    stats = load_stats(tmp_path / "stats.h5")
+    assert stats.model["num_blocks"] == 6 and stats.model["latent_grid"] == [4, 6, 6]
+    assert stats.prompts[0] == read_prompts(None, 1, default="micro-cogvideox/calibration-prompts.txt")[0]
+    asymrnr.load_schedule(tmp_path / "schedule.json")

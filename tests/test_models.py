@@ -248,7 +248,7 @@ def test_half_written_folder_is_replaced(tmp_path):
 
 
 def test_preset_facts():
-    assert set(MODEL_PRESETS) == {"cogvideox-2b", "cogvideox-5b", "cogvideox1.5-5b", "tiny-cogvideox"}
+    assert set(MODEL_PRESETS) == {"cogvideox-2b", "cogvideox-5b", "cogvideox1.5-5b", "micro-cogvideox", "tiny-cogvideox"}
     facts = {
         name: (p.hub_id, p.pipeline_class, p.height, p.width, p.num_frames, p.num_inference_steps,
                p.guidance_scale, p.dtype)

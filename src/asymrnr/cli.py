@@ -19,7 +19,7 @@ from .errors import AsymRnRError
 
 logger = logging.getLogger("asymrnr")
 
-PRESET_NAMES_HINT = "cogvideox-2b, cogvideox-5b, cogvideox1.5-5b, tiny-cogvideox"
+PRESET_NAMES_HINT = "cogvideox-2b, cogvideox-5b, cogvideox1.5-5b, micro-cogvideox, tiny-cogvideox"
 
 
 def _user_errors(fn):
@@ -41,10 +41,11 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def read_prompts(path: str | None, num_prompts: int | None) -> list[str]:
-    """Prompts from a file (one a line; blank lines and '#' comments skipped), or the shipped default set."""
+def read_prompts(path: str | None, num_prompts: int | None, default: str | None = None) -> list[str]:
+    """Prompts from a file (one a line; blank lines and '#' comments skipped), or the shipped default set
+    (``default``: a file under asymrnr/data, e.g. a preset's own prompts; else data/prompts.txt)."""
     if path is None:
-        text = resources.files("asymrnr").joinpath("data/prompts.txt").read_text(encoding="utf-8")
+        text = resources.files("asymrnr").joinpath(f"data/{default or 'prompts.txt'}").read_text(encoding="utf-8")
         origin = "the default prompt set"
     else:
         p = Path(path)
@@ -120,7 +121,7 @@ def run_calibrate(model_name, model_path, prompts_file, num_prompts, seed, steps
     from .models.presets import get_preset, load_pipeline
 
     preset = get_preset(model_name)
-    prompts = read_prompts(prompts_file, num_prompts or (2 if preset.embedded else 4))
+    prompts = read_prompts(prompts_file, num_prompts or (2 if preset.embedded else 4), default=preset.prompts_file)
     settings = preset.call_kwargs()
     for key, value in (("num_inference_steps", steps), ("height", height), ("width", width), ("num_frames", frames),
                        ("guidance_scale", guidance)):
@@ -261,6 +262,7 @@ def expected_architecture(preset) -> dict:
         "cogvideox-2b": dict(num_blocks=30, num_heads=30, head_dim=64, patch_size_t=1, rope=False),
         "cogvideox-5b": dict(num_blocks=42, num_heads=48, head_dim=64, patch_size_t=1, rope=True),
         "cogvideox1.5-5b": dict(num_blocks=42, num_heads=48, head_dim=64, patch_size_t=2, rope=True),
+        "micro-cogvideox": dict(num_blocks=6, num_heads=4, head_dim=32, patch_size_t=1, rope=True),
     }
     if preset.name in known:
         return known[preset.name]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -34,6 +35,10 @@ class ModelPreset:
     alt_hub_ids: tuple[str, ...] = ()  # other names of the same repository (the THUDM models moved to zai-org)
     tiny_style: str | None = None  # for embedded presets: the tiny style they build
     max_sequence_length: int = 226
+    # for embedded presets with shipped weights: their folder under asymrnr/data (loaded by from_pretrained)
+    weights_dir: str | None = None
+    # default calibration prompts, a file under asymrnr/data (None: data/prompts.txt)
+    prompts_file: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -112,6 +117,26 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
                 description=(
                     "CogVideoX1.5-5B text-to-video: 42 blocks, 48 heads x 64, 3D RoPE, temporal patch 2, DPM; "
                     "768x1360, 81 frames = 11 x 48 x 85 tokens + 226 text tokens"
+                ),
+            ),
+            ModelPreset(
+                name="micro-cogvideox",
+                hub_id=None,
+                pipeline_class="CogVideoXPipeline",
+                height=48,
+                width=48,
+                num_frames=13,
+                num_inference_steps=20,
+                guidance_scale=5.0,
+                dtype="float32",
+                max_sequence_length=16,
+                weights_dir="micro-cogvideox",
+                prompts_file="micro-cogvideox/calibration-prompts.txt",
+                description=(
+                    "embedded micro CogVideoX-5B-style DiT trained on procedural videos of coloured shapes "
+                    "(6 blocks, 4 heads x 32, 3D RoPE, DPM; scripts/train_micro.py), shipped weights; "
+                    "48x48, 13 frames = 4 x 6 x 6 tokens + 16 text tokens; its videos show the prompted "
+                    "shape, colour and motion"
                 ),
             ),
             ModelPreset(
@@ -197,6 +222,11 @@ def load_pipeline(
     if model_path is not None:
         path = loading.check_pipeline_dir(model_path, hub_id=preset.hub_id)
         pipe = loading.load_pipeline_dir(path, preset.pipeline_class, torch_dtype=torch_dtype)
+    elif preset.weights_dir is not None:
+        from asymrnr.micro.model import load_micro_pipeline
+
+        pipe = load_micro_pipeline(Path(__file__).resolve().parent.parent / "data" / preset.weights_dir,
+                                   torch_dtype=torch_dtype)
     elif preset.embedded:
         from asymrnr.models.tiny import load_tiny_pipeline
 
