@@ -623,7 +623,7 @@ def test_page_is_self_contained_with_plotly_js_once(tmp_path):
 
 
 def test_write_report_is_atomic(tmp_path, monkeypatch):
-    import asymrnr.report._page as page_mod
+    import asymrnr._io as io_mod
 
     target = tmp_path / "report.html"
     target.write_text("previous")
@@ -631,7 +631,7 @@ def test_write_report_is_atomic(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(page_mod.os, "replace", boom)
+    monkeypatch.setattr(io_mod.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         write_report(make_stats(), target)
     assert target.read_text() == "previous"

@@ -24,14 +24,13 @@ import json
 import logging
 import math
 import numbers
-import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from ._io import atomic_write_text
 from .errors import ScheduleFormatError, ScheduleMismatchError
 
 logger = logging.getLogger(__name__)
@@ -615,22 +614,7 @@ class Schedule:
         """
         path = Path(path)
         doc = self.to_dict()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fp:
-                for chunk in _iter_json(doc):
-                    fp.write(chunk)
-                fp.flush()
-                os.fsync(fp.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        path = atomic_write_text(path, _iter_json(doc))
         logger.info("saved schedule %s to %s", doc["tag"], path)
         return path
 

@@ -363,3 +363,13 @@ def rgba(hex_color: str, alpha: float) -> str:
 def f32(a: Any) -> np.ndarray:
     """Float32 copy for figures: plotly encodes numpy arrays as compact typed arrays; NaN stays NaN."""
     return np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+
+
+def note_figure(notes: Any) -> Any:
+    """A small empty figure that shows why a section has nothing to plot."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.update_layout(**base_layout(height=200))
+    fig.add_annotation(text="; ".join(notes), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    return fig

@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ._common import (
+    note_figure,
     FEATURE_COLORS,
     FEATURE_LABELS,
     Group,
@@ -135,10 +136,7 @@ def _get_norm_info(stats: Any, num_step_groups: int = DEFAULT_STEP_GROUPS) -> No
 
 def _get_norm_plot(info: NormInfo) -> go.Figure:
     if not info.available:
-        fig = go.Figure()
-        fig.update_layout(**base_layout(height=200))
-        fig.add_annotation(text="; ".join(info.notes), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-        return fig
+        return note_figure(info.notes)
     F = len(info.features)
     fig = make_subplots(
         rows=1, cols=F, shared_xaxes=True, horizontal_spacing=0.04,

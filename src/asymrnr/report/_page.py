@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import html
 import logging
-import os
-import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +17,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import plotly.offline as po
 
+from .._io import atomic_write_text
 from ._common import CONFIDENCE, empty_reason, resolve_block_groups, span_label
 from ._norms import DEFAULT_STEP_GROUPS, _get_norm_info, _get_norm_plot
 from ._schedule import _get_rates_plot, _get_savings_plot, _get_schedule_info, compute_flops
@@ -268,21 +267,6 @@ def write_report(
         The path written. Raises :class:`~asymrnr.report.ReportError` for invalid ``block_groups``.
     """
     text = report_html(stats, schedule=schedule, block_groups=block_groups, title=title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fp:
-            fp.write(text)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    path = atomic_write_text(path, [text])
     logger.info("wrote report %s (%.1f MB)", path, len(text.encode("utf-8")) / 1e6)
     return path

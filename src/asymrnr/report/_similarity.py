@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ._common import (
+    note_figure,
     CONFIDENCE,
     FEATURE_LABELS,
     GROUP_COLORS,
@@ -332,10 +333,7 @@ def _get_trend_info(stats: Any, block_groups: Any = None, confidence: float = CO
 
 def _get_trend_plot(info: TrendInfo) -> go.Figure:
     if not info.available:
-        fig = go.Figure()
-        fig.update_layout(**base_layout(height=200))
-        fig.add_annotation(text="; ".join(info.notes), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-        return fig
+        return note_figure(info.notes)
     F = len(info.features)
     fig = make_subplots(
         rows=1,

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ._common import (
+    note_figure,
     FEATURE_LABELS,
     HEATMAP_COLORSCALE,
     base_layout,
@@ -126,10 +127,7 @@ def cache_window_shapes(recompute: list, xrefs: list[str]) -> list[dict]:
 
 def _get_stability_plot(info: StabilityInfo) -> go.Figure:
     if not info.available:
-        fig = go.Figure()
-        fig.update_layout(**base_layout(height=200))
-        fig.add_annotation(text="; ".join(info.notes), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-        return fig
+        return note_figure(info.notes)
     B, S = info.num_blocks, info.num_steps
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.11,
                         subplot_titles=[MEASURE_TITLES[m] for m in MEASURES])
