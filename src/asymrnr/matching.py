@@ -138,7 +138,9 @@ def make_partition(grid: tuple[int, int, int], stride: tuple[int, int, int], see
 
 
 def _chunk_rows(groups: int, num_dst: int, num_src: int) -> int:
-    budget = _CHUNK_BYTES_PER_THREAD * max(1, torch.get_num_threads())
+    # get_num_threads() is not traceable: under torch.compile the chunking is fixed at the 2-thread size.
+    threads = 2 if torch.compiler.is_compiling() else torch.get_num_threads()
+    budget = _CHUNK_BYTES_PER_THREAD * max(1, threads)
     rows = budget // max(1, groups * num_dst * 4)
     return int(max(64, min(num_src, rows)))
 
