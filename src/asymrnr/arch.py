@@ -39,6 +39,12 @@ def check_supported(transformer: Any) -> None:
         )
 
 
+def temporal_patch_size(transformer_or_config: Any) -> int:
+    """The temporal patch size of a CogVideoX transformer (1 when it has none: 2B and 5B)."""
+    cfg = getattr(transformer_or_config, "config", transformer_or_config)
+    return int(getattr(cfg, "patch_size_t", None) or 1)
+
+
 def latent_frames_from_video_frames(num_frames: int, temporal_compression_ratio: int) -> int:
     """Latent frames the CogVideoX VAE produces for ``num_frames`` video frames."""
     return (num_frames - 1) // temporal_compression_ratio + 1
@@ -70,7 +76,7 @@ def describe_transformer(transformer: Any, *, latent_grid=None, text_len: int | 
     check_supported(transformer)
     cfg = _config(transformer)
     patch_size = int(cfg.patch_size)
-    patch_size_t = int(cfg.patch_size_t or 1) if getattr(cfg, "patch_size_t", None) else 1
+    patch_size_t = temporal_patch_size(cfg)
     if latent_grid is None:
         latent_frames = latent_frames_from_video_frames(int(cfg.sample_frames), int(cfg.temporal_compression_ratio))
         latent_grid = token_grid(patch_size, patch_size_t, latent_frames, int(cfg.sample_height), int(cfg.sample_width))
@@ -97,9 +103,8 @@ def describe_transformer(transformer: Any, *, latent_grid=None, text_len: int | 
 def grid_from_latents(transformer: Any, hidden_states_shape) -> tuple[int, int, int]:
     """Token grid of one transformer call from the latent ``hidden_states`` shape ``[B, F, C, H, W]``."""
     cfg = _config(transformer)
-    patch_size_t = int(cfg.patch_size_t or 1) if getattr(cfg, "patch_size_t", None) else 1
     _, frames, _, height, width = hidden_states_shape
-    return token_grid(int(cfg.patch_size), patch_size_t, int(frames), int(height), int(width))
+    return token_grid(int(cfg.patch_size), temporal_patch_size(cfg), int(frames), int(height), int(width))
 
 
 def attention_modules(transformer: Any) -> list[tuple[str, Any]]:

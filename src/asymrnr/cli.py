@@ -247,13 +247,9 @@ def _check_stats_model(stats, model_name: str) -> None:
     for key, value in want.items():
         if have.get(key) != value:
             raise AsymRnRError(
-                f"{stats_file_name(stats)} was profiled on a model with {key} = {have.get(key)}, but {model_name} has "
+                f"{getattr(stats, 'path', None) or 'the statistics file'} was profiled on a model with {key} = {have.get(key)}, but {model_name} has "
                 f"{key} = {value}; profile {model_name} with `asymrnr-calibrate --model {model_name}`"
             )
-
-
-def stats_file_name(stats) -> str:
-    return "the statistics file"
 
 
 def expected_architecture(preset) -> dict:

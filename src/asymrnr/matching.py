@@ -349,9 +349,10 @@ def merge_mean(x: torch.Tensor, red: Reduction) -> torch.Tensor:
         merged = summed / counts.unsqueeze(-1)
     else:
         b, heads = x.shape[:2]
-        index = red.drop_dst.view(b if g == b else b, 1 if g == b else heads, -1, 1).expand_as(dropped)
+        per_sample = 1 if g == b else heads  # joint: one matching shared by all heads; else one per head
+        index = red.drop_dst.view(b, per_sample, -1, 1).expand_as(dropped)
         summed = dst.scatter_add(2, index, dropped)
-        merged = summed / counts.view(b, 1 if g == b else heads, -1, 1)
+        merged = summed / counts.view(b, per_sample, -1, 1)
     return torch.cat([merged, kept.narrow(seq_dim, red.num_dst, kept.shape[seq_dim] - red.num_dst)], dim=seq_dim)
 
 

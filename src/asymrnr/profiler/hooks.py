@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..arch import describe_transformer
+from ..arch import describe_transformer, temporal_patch_size
 from ..matching import best_matches_euclidean_and_cosine, matching_features
 from ..runtime.apply import _module, _split, install, uninstall
 from ..runtime.state import RuntimeContext
@@ -189,10 +189,8 @@ class Profiler:
         srcs, dsts, tokens = [], [], []  # one entry per feature: [Br * g, Ns, C], [Br * g, Nd, C], [Br, N, C']
         for name in _FEATURES:
             x = feats[name].index_select(0, samples).float()  # [Br, N, C] or [Br, heads, N, D]
-            if self._stride is None and self._seed is None:
-                part = ctx.partition(grid, block, _PARTITION_KEY[name], device)  # exactly the runtime's partition
-            else:
-                part = self._own_partition(ctx, grid, stride, seed, block, name, device)
+            # The runtime's own partition (its cache too), unless the caller overrode stride or seed.
+            part = ctx.partition(grid, block, _PARTITION_KEY[name], device, stride=stride, seed=seed)
             srcs.append(matching_features(x, part.src_idx, gran))
             dsts.append(matching_features(x, part.dst_idx, gran))
             tokens.append(x if x.dim() == 3 else x.transpose(1, 2).reshape(nb, n, -1))
@@ -230,16 +228,6 @@ class Profiler:
             qlev = torch.tensor(np.asarray(sf.QUANTILE_LEVELS, dtype=np.float32), device=device)
             self._const = cached = (edges, qlev)
         return cached
-
-    def _own_partition(self, ctx, grid, stride, seed, block, name, device):
-        from ..matching import make_partition, partition_seed
-
-        key = ("profiler", grid, stride, seed, block, _PARTITION_KEY[name], str(device))
-        part = ctx._partitions.get(key)
-        if part is None:
-            part = make_partition(grid, stride, partition_seed(seed, block, _PARTITION_KEY[name])).to(device)
-            ctx._partitions[key] = part
-        return part
 
     def _after_call(self, module: Any, args: tuple, output: Any) -> None:
         """Once per step: one host copy of the step's statistics; a finished generation goes to the file."""
@@ -286,7 +274,7 @@ class Profiler:
         vae_s = int(getattr(pipe, "vae_scale_factor_spatial", 8))
         vae_t = int(getattr(pipe, "vae_scale_factor_temporal", 4))
         cfg = self.transformer.config
-        latent_frames = grid[0] * (int(cfg.patch_size_t or 1) if getattr(cfg, "patch_size_t", None) else 1)
+        latent_frames = grid[0] * temporal_patch_size(cfg)
         generation = {
             "height": grid[1] * int(cfg.patch_size) * vae_s,
             "width": grid[2] * int(cfg.patch_size) * vae_s,

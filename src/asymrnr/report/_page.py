@@ -157,13 +157,17 @@ def report_html(
     def summary() -> str:
         return _summary_html(_get_summary_info(stats, schedule, flops))
 
+    def figure_section(info, plot, fig_id: str) -> str:
+        """The section's notes, then its figure when there is data to draw."""
+        body = _notes_html(info.notes)
+        if info.available:
+            body += f'<div class="figure">{_figure_html(plot(info), fig_id)}</div>'
+        return body
+
     def similarity() -> str:
         nonlocal sim_info
         sim_info = _get_similarity_heatmap_info(stats)
-        body = _notes_html(sim_info.notes)
-        if sim_info.available:
-            body += f'<div class="figure">{_figure_html(_get_similarity_heatmap_plot(sim_info), "fig-similarity")}</div>'
-        return body
+        return figure_section(sim_info, _get_similarity_heatmap_plot, "fig-similarity")
 
     def trends() -> str:
         info = _get_trend_info(stats, block_groups)
@@ -176,18 +180,10 @@ def report_html(
         return body
 
     def norms() -> str:
-        info = _get_norm_info(stats, num_step_groups)
-        body = _notes_html(info.notes)
-        if info.available:
-            body += f'<div class="figure">{_figure_html(_get_norm_plot(info), "fig-norms")}</div>'
-        return body
+        return figure_section(_get_norm_info(stats, num_step_groups), _get_norm_plot, "fig-norms")
 
     def stability() -> str:
-        info = _get_stability_info(stats, schedule)
-        body = _notes_html(info.notes)
-        if info.available:
-            body += f'<div class="figure">{_figure_html(_get_stability_plot(info), "fig-stability")}</div>'
-        return body
+        return figure_section(_get_stability_info(stats, schedule), _get_stability_plot, "fig-stability")
 
     def schedule_section() -> str:
         if schedule is None:

@@ -154,10 +154,7 @@ def apply(pipe_or_transformer: Any, schedule: Any, *, resample_steps: bool = Fal
     check_supported(_module(transformer))
     check_schedule_fits(schedule, transformer)
     runtime = install(pipe_or_transformer, owner="schedule")
-    runtime.context.schedule = schedule
-    runtime.context.resample_steps = bool(resample_steps)
-    runtime.context._checked_grids.clear()
-    runtime.context.reset()
+    runtime.context.set_schedule(schedule, resample_steps=resample_steps)
     if all(r == 0.0 for f in ("q", "kv", "h") for row in schedule.rates[f] for r in row):
         logger.warning("schedule %s reduces nothing: generation will not be faster", schedule.tag)
     logger.info("applied schedule %s (%d blocks, %d steps)", schedule.tag, schedule.num_blocks, schedule.num_steps)
@@ -172,6 +169,5 @@ def remove(pipe_or_transformer: Any) -> None:
     runtime = installed(pipe_or_transformer)
     if runtime is None:
         return
-    runtime.context.schedule = None
-    runtime.context.reset()
+    runtime.context.set_schedule(None)
     uninstall(pipe_or_transformer, owner="schedule")

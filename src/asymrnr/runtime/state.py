@@ -87,6 +87,7 @@ class RuntimeContext:
         self._gen_step = -1
         self._last_step: int | None = None
         self._checked_grids: set[tuple[int, int, int]] = set()
+        self._partitioned: set[tuple] = set()  # (grid, device) whose partitions are all built
         self.generation = 0
 
     # ----------------------------------------------------------------------------------------- schedule
@@ -102,12 +103,34 @@ class RuntimeContext:
         self._gen_step = -1
         self._last_step = None
 
-    def partition(self, grid: tuple[int, int, int], block: int, feature: str, device: torch.device) -> Partition:
-        """The seeded partition of ``(block, feature)`` for ``grid``, built once per device."""
+    def set_schedule(self, schedule, *, resample_steps: bool = False) -> None:
+        """Run ``schedule`` from the next generation on (``None``: observe only)."""
+        self.schedule = schedule
+        self.resample_steps = bool(resample_steps)
+        self._checked_grids.clear()
+        self._partitioned.clear()  # the stride or seed may differ
+        self.reset()
+
+    def partition(
+        self,
+        grid: tuple[int, int, int],
+        block: int,
+        feature: str,
+        device: torch.device,
+        *,
+        stride: tuple[int, int, int] | None = None,
+        seed: int | None = None,
+    ) -> Partition:
+        """The seeded partition of ``(block, feature)`` for ``grid``, built once per device.
+
+        ``stride`` and ``seed`` default to the schedule's matching settings ((2, 2, 2) and 0 without one).
+        """
         matching = self.schedule.matching if self.schedule is not None else None
-        stride = tuple(matching.stride) if matching is not None else (2, 2, 2)
-        seed = matching.seed if matching is not None else 0
-        key = (grid, stride, block, feature, str(device))
+        if stride is None:
+            stride = tuple(matching.stride) if matching is not None else (2, 2, 2)
+        if seed is None:
+            seed = matching.seed if matching is not None else 0
+        key = (grid, tuple(stride), int(seed), block, feature, str(device))
         part = self._partitions.get(key)
         if part is None:
             part = make_partition(grid, stride, partition_seed(seed, block, feature)).to(device)
@@ -182,8 +205,9 @@ class RuntimeContext:
 
     def _ensure_partitions(self, grid: tuple[int, int, int], device: torch.device | None) -> None:
         """Build every partition the blocks may use, here (eagerly, outside any compiled attention)."""
-        if device is None:
+        if device is None or (grid, str(device)) in self._partitioned:
             return
+        self._partitioned.add((grid, str(device)))
         for block in range(self.num_blocks):
             for feature in ("h", "q", "kv"):
                 self.partition(grid, block, feature, device)
