@@ -74,10 +74,17 @@ def colour_masks(video: np.ndarray, threshold: float = 0.32) -> np.ndarray:
     return masks
 
 
-def check_video(video, *, threshold: float = 0.32, move_px: float = 8.0, grow_ratio: float = 1.6,
-                min_pixels: int = 6) -> CheckResult:
-    """Classify the colour, trajectory and shape of the object in ``video`` (``[F, H, W, 3]``, 0-1 or 0-255)."""
+def check_video(video, *, threshold: float = 0.32, move_px: float | None = None, grow_ratio: float = 1.6,
+                min_pixels: int | None = None) -> CheckResult:
+    """Classify the colour, trajectory and shape of the object in ``video`` (``[F, H, W, 3]``, 0-1 or 0-255).
+
+    ``move_px`` (default 8) and ``min_pixels`` (default 6) are for 48 px videos; by default they scale with
+    the video's shorter side (linearly and quadratically), as the scenes of :class:`~asymrnr.micro.data.VideoSpec` do.
+    """
     v = _as_float_video(video)
+    k = min(v.shape[1], v.shape[2]) / 48.0
+    move_px = 8.0 * k if move_px is None else move_px
+    min_pixels = int(round(6 * k * k)) if min_pixels is None else min_pixels
     masks = colour_masks(v, threshold)
     counts = masks.reshape(len(_PALETTE), -1).sum(1)
     k = int(counts.argmax())

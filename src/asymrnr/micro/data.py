@@ -16,9 +16,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
-HEIGHT = 48
-WIDTH = 48
-NUM_FRAMES = 13
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """Size of the procedural videos: ``height`` x ``width`` pixels, ``num_frames`` frames.
+
+    Layout lengths (object size, travel, texture period, pan) are defined for 48 px and scale with
+    :attr:`scale` (the shorter side over 48), so that a larger spec shows the same scenes in more pixels.
+    """
+
+    height: int
+    width: int
+    num_frames: int
+
+    @property
+    def scale(self) -> float:
+        return min(self.height, self.width) / 48.0
+
+
+#: The small micro model's videos (4 x 6 x 6 tokens) and the large one's (7 x 8 x 12 tokens).
+SMALL = VideoSpec(48, 48, 13)
+LARGE = VideoSpec(64, 96, 25)
+
+HEIGHT = SMALL.height
+WIDTH = SMALL.width
+NUM_FRAMES = SMALL.num_frames
 
 #: Saturated object colours (RGB in [0, 1]); backgrounds are low-saturation greys, so colour is a cue.
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -121,46 +144,50 @@ def split_prompts(num_heldout: int = 32, seed: int = 1234) -> tuple[list[tuple],
     return train, heldout
 
 
-def random_scene(attrs: tuple, rng: np.random.Generator) -> Scene:
-    """A scene with the given prompt attributes and random (seeded) layout."""
+def random_scene(attrs: tuple, rng: np.random.Generator, spec: VideoSpec = SMALL) -> Scene:
+    """A scene with the given prompt attributes and random (seeded) layout for videos of ``spec``.
+
+    The random draws are the same for every spec (lengths are scaled, not redrawn), so a seed gives the
+    same scene in every size."""
     colour, shape, motion, background, camera = attrs
-    size = float(rng.uniform(5.5, 8.0))
-    travel = float(rng.uniform(16.0, 24.0))
-    margin = size + 2.0
-    x0 = float(rng.uniform(margin, WIDTH - margin))
-    y0 = float(rng.uniform(margin, HEIGHT - margin))
+    k = spec.scale
+    size = float(rng.uniform(5.5, 8.0)) * k
+    travel = float(rng.uniform(16.0, 24.0)) * k
+    margin = size + 2.0 * k
+    x0 = float(rng.uniform(margin, spec.width - margin))
+    y0 = float(rng.uniform(margin, spec.height - margin))
     if motion == "grow":
-        size = float(rng.uniform(4.5, 5.5))
-        margin = size * 2.2 + 1.0
-        x0 = float(rng.uniform(margin, WIDTH - margin))
-        y0 = float(rng.uniform(margin, HEIGHT - margin))
+        size = float(rng.uniform(4.5, 5.5)) * k
+        margin = size * 2.2 + 1.0 * k
+        x0 = float(rng.uniform(margin, spec.width - margin))
+        y0 = float(rng.uniform(margin, spec.height - margin))
     elif motion in ("left", "right"):
-        lo, hi = margin, WIDTH - margin - travel
+        lo, hi = margin, spec.width - margin - travel
         x0 = float(rng.uniform(lo, hi)) if motion == "right" else float(rng.uniform(lo + travel, hi + travel))
     elif motion in ("up", "down"):
-        lo, hi = margin, HEIGHT - margin - travel
+        lo, hi = margin, spec.height - margin - travel
         y0 = float(rng.uniform(lo, hi)) if motion == "down" else float(rng.uniform(lo + travel, hi + travel))
     tint = rng.uniform(-0.04, 0.04, size=3)
     return Scene(
         colour=colour, shape=shape, motion=motion, background=background, camera=camera,
         x0=x0, y0=y0, size=size, travel=travel,
         bg_level=float(rng.uniform(0.25, 0.5)), bg_contrast=float(rng.uniform(0.07, 0.14)),
-        bg_period=float(rng.uniform(5.0, 12.0)), bg_angle=float(rng.uniform(0, math.pi)),
+        bg_period=float(rng.uniform(5.0, 12.0)) * k, bg_angle=float(rng.uniform(0, math.pi)),
         bg_tint=(float(tint[0]), float(tint[1]), float(tint[2])), bg_seed=int(rng.integers(0, 2**31 - 1)),
-        turn_total=float(rng.uniform(0.5, 1.0) * math.pi), pan_total=float(rng.uniform(10.0, 20.0)),
+        turn_total=float(rng.uniform(0.5, 1.0) * math.pi), pan_total=float(rng.uniform(10.0, 20.0)) * k,
     )
 
 
 _SS = 2  # supersampling factor (anti-aliased edges)
 
 
-def _grid(ss: int = _SS) -> tuple[np.ndarray, np.ndarray]:
-    ys = (np.arange(HEIGHT * ss) + 0.5) / ss
-    xs = (np.arange(WIDTH * ss) + 0.5) / ss
+def _grid(spec: VideoSpec, ss: int = _SS) -> tuple[np.ndarray, np.ndarray]:
+    ys = (np.arange(spec.height * ss) + 0.5) / ss
+    xs = (np.arange(spec.width * ss) + 0.5) / ss
     return np.meshgrid(ys, xs, indexing="ij")
 
 
-def _background(scene: Scene, yy: np.ndarray, xx: np.ndarray, shift: float) -> np.ndarray:
+def _background(scene: Scene, yy: np.ndarray, xx: np.ndarray, shift: float, spec: VideoSpec = SMALL) -> np.ndarray:
     x = xx + shift  # camera pan: the world moves against the frame
     y = yy
     p, a = scene.bg_period, scene.bg_angle
@@ -170,11 +197,13 @@ def _background(scene: Scene, yy: np.ndarray, xx: np.ndarray, shift: float) -> n
     elif scene.background == "checkered":
         tex = np.sign(np.sin(math.pi * x / (p / 2)) * np.sin(math.pi * y / (p / 2)))
     elif scene.background == "grainy":
-        # value noise on a coarse lattice (2 px), seeded, sampled at world coordinates
+        # value noise on a coarse lattice (2 px at 48 px), seeded, sampled at world coordinates
         rng = np.random.default_rng(scene.bg_seed)
-        lat = rng.uniform(-1, 1, size=(HEIGHT // 2 + 4, (WIDTH + 64) // 2 + 4))
-        iy = np.clip((y / 2).astype(int), 0, lat.shape[0] - 1)
-        ix = np.clip(((x + 32) / 2).astype(int), 0, lat.shape[1] - 1)
+        cell = 2.0 * spec.scale
+        pad = 32.0 * spec.scale  # room for the largest pan either way
+        lat = rng.uniform(-1, 1, size=(int(spec.height / cell) + 4, int((spec.width + 2 * pad) / cell) + 4))
+        iy = np.clip((y / cell).astype(int), 0, lat.shape[0] - 1)
+        ix = np.clip(((x + pad) / cell).astype(int), 0, lat.shape[1] - 1)
         tex = lat[iy, ix]
     elif scene.background == "smooth":
         u = x * math.cos(a) + y * math.sin(a)
@@ -203,9 +232,9 @@ def _shape_mask(shape: str, yy, xx, cx, cy, r, angle) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def object_state(scene: Scene, f: int) -> tuple[float, float, float, float]:
-    """(cx, cy, radius, angle) of the object in frame ``f``."""
-    s = f / (NUM_FRAMES - 1)
+def object_state(scene: Scene, f: int, spec: VideoSpec = SMALL) -> tuple[float, float, float, float]:
+    """(cx, cy, radius, angle) of the object in frame ``f`` of a ``spec`` video."""
+    s = f / (spec.num_frames - 1)
     cx, cy, r, ang = scene.x0, scene.y0, scene.size, 0.0
     if scene.motion == "left":
         cx -= scene.travel * s
@@ -222,33 +251,33 @@ def object_state(scene: Scene, f: int) -> tuple[float, float, float, float]:
     return cx, cy, r, ang
 
 
-def render(scene: Scene, frames_idx=None) -> np.ndarray:
-    """The video of ``scene``: float32 ``[F, H, W, 3]`` in ``[0, 1]`` (only ``frames_idx`` if given)."""
-    yy, xx = _grid()
+def render(scene: Scene, frames_idx=None, spec: VideoSpec = SMALL) -> np.ndarray:
+    """The ``spec`` video of ``scene``: float32 ``[F, H, W, 3]`` in ``[0, 1]`` (only ``frames_idx`` if given)."""
+    yy, xx = _grid(spec)
     colour = np.asarray(COLOURS[scene.colour])
-    idx = list(range(NUM_FRAMES)) if frames_idx is None else list(frames_idx)
-    frames = np.empty((len(idx), HEIGHT, WIDTH, 3), dtype=np.float32)
+    idx = list(range(spec.num_frames)) if frames_idx is None else list(frames_idx)
+    frames = np.empty((len(idx), spec.height, spec.width, 3), dtype=np.float32)
     pan_sign = {None: 0.0, "left": -1.0, "right": 1.0}[scene.camera]
     for i, f in enumerate(idx):
-        s = f / (NUM_FRAMES - 1)
-        bg = _background(scene, yy, xx, shift=pan_sign * scene.pan_total * s)
-        cx, cy, r, ang = object_state(scene, f)
+        s = f / (spec.num_frames - 1)
+        bg = _background(scene, yy, xx, shift=pan_sign * scene.pan_total * s, spec=spec)
+        cx, cy, r, ang = object_state(scene, f, spec)
         m = _shape_mask(scene.shape, yy, xx, cx, cy, r, ang)[..., None]
         img = np.where(m, colour[None, None, :], bg)
-        img = img.reshape(HEIGHT, _SS, WIDTH, _SS, 3).mean(axis=(1, 3))
+        img = img.reshape(spec.height, _SS, spec.width, _SS, 3).mean(axis=(1, 3))
         frames[i] = np.clip(img, 0.0, 1.0)
     return frames
 
 
-def render_batch(attrs_list, seed: int, frames_idx=None) -> tuple[np.ndarray, list[Scene]]:
-    """Render ``len(attrs_list)`` videos with layouts from ``seed``: ``[B, F, H, W, 3]`` and the scenes."""
+def render_batch(attrs_list, seed: int, frames_idx=None, spec: VideoSpec = SMALL) -> tuple[np.ndarray, list[Scene]]:
+    """Render ``len(attrs_list)`` ``spec`` videos with layouts from ``seed``: ``[B, F, H, W, 3]`` and the scenes."""
     rng = np.random.default_rng(seed)
-    scenes = [random_scene(tuple(a), rng) for a in attrs_list]
-    return np.stack([render(s, frames_idx) for s in scenes]), scenes
+    scenes = [random_scene(tuple(a), rng, spec) for a in attrs_list]
+    return np.stack([render(s, frames_idx, spec) for s in scenes]), scenes
 
 
 __all__ = [
-    "HEIGHT", "WIDTH", "NUM_FRAMES", "COLOURS", "SHAPES", "MOTIONS", "BACKGROUNDS", "CAMERAS", "TRAJECTORY",
+    "VideoSpec", "SMALL", "LARGE", "HEIGHT", "WIDTH", "NUM_FRAMES", "COLOURS", "SHAPES", "MOTIONS", "BACKGROUNDS", "CAMERAS", "TRAJECTORY",
     "Scene", "make_prompt", "all_attribute_tuples", "split_prompts", "random_scene", "render", "render_batch",
     "object_state",
 ]

@@ -20,33 +20,45 @@ MICRO_GUIDANCE = 5.0
 LATENT_CHANNELS = 12
 SPATIAL_SCALE = 4
 
-TRANSFORMER_CONFIG: dict[str, Any] = dict(
-    num_attention_heads=4,
-    attention_head_dim=32,
-    in_channels=LATENT_CHANNELS,
-    out_channels=LATENT_CHANNELS,
-    time_embed_dim=64,
-    text_embed_dim=32,  # the tiny T5's d_model
-    num_layers=6,
-    sample_height=D.HEIGHT // SPATIAL_SCALE,  # 12 latent px -> 6 token rows
-    sample_width=D.WIDTH // SPATIAL_SCALE,
-    sample_frames=D.NUM_FRAMES,  # 13 video frames -> 4 latent frames
-    patch_size=2,
-    temporal_compression_ratio=4,
-    max_text_seq_length=MICRO_TEXT_LEN,
-    use_rotary_positional_embeddings=True,
-    use_learned_positional_embeddings=False,
-)
+def transformer_config(spec: D.VideoSpec = D.SMALL) -> dict[str, Any]:
+    """The micro transformer's config for videos of ``spec``: 6 blocks, 4 heads x 32, 3D RoPE.
 
-
-def default_weights_dir() -> Path:
-    """The shipped pipeline folder (inside the installed package)."""
-    return Path(__file__).resolve().parent.parent / "data" / "micro-cogvideox"
-
-
-def call_kwargs() -> dict[str, Any]:
+    Only the ``sample_*`` sizes depend on ``spec`` (they set the RoPE base grid); the weights do not, so
+    the small model's weights load into the large one."""
     return dict(
-        height=D.HEIGHT, width=D.WIDTH, num_frames=D.NUM_FRAMES, num_inference_steps=MICRO_NUM_STEPS,
+        num_attention_heads=4,
+        attention_head_dim=32,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        time_embed_dim=64,
+        text_embed_dim=32,  # the tiny T5's d_model
+        num_layers=6,
+        sample_height=spec.height // SPATIAL_SCALE,  # latent pixels (2 per token row)
+        sample_width=spec.width // SPATIAL_SCALE,
+        sample_frames=spec.num_frames,  # (F - 1) / 4 + 1 latent frames
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=MICRO_TEXT_LEN,
+        use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=False,
+    )
+
+
+TRANSFORMER_CONFIG: dict[str, Any] = transformer_config(D.SMALL)
+
+#: Shipped micro models: preset name -> the size of its videos (its folder under ``asymrnr/data`` has the name).
+VARIANTS: dict[str, D.VideoSpec] = {"micro-cogvideox": D.SMALL, "micro-cogvideox-large": D.LARGE}
+
+
+def default_weights_dir(variant: str = "micro-cogvideox") -> Path:
+    """The shipped pipeline folder of ``variant`` (inside the installed package)."""
+    return Path(__file__).resolve().parent.parent / "data" / variant
+
+
+def call_kwargs(spec: D.VideoSpec = D.SMALL) -> dict[str, Any]:
+    """Keyword arguments of ``pipe(prompt, ...)`` for ``spec`` videos at the micro models' settings."""
+    return dict(
+        height=spec.height, width=spec.width, num_frames=spec.num_frames, num_inference_steps=MICRO_NUM_STEPS,
         guidance_scale=MICRO_GUIDANCE, max_sequence_length=MICRO_TEXT_LEN,
     )
 
@@ -90,8 +102,9 @@ def build_micro_text_encoder(vocab_size: int, seed: int = 0):
     return model.eval()
 
 
-def build_untrained_pipeline(seed: int = 0, transformer_overrides: dict | None = None, scaling_factor: float = 1.0):
-    """A micro pipeline with a freshly initialised transformer (float32, CPU)."""
+def build_untrained_pipeline(seed: int = 0, transformer_overrides: dict | None = None, scaling_factor: float = 1.0,
+                             spec: D.VideoSpec = D.SMALL):
+    """A micro pipeline for ``spec`` videos with a freshly initialised transformer (float32, CPU)."""
     import torch
     from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 
@@ -100,7 +113,7 @@ def build_untrained_pipeline(seed: int = 0, transformer_overrides: dict | None =
 
     tokenizer = build_micro_tokenizer()
     text_encoder = build_micro_text_encoder(len(tokenizer), seed=0)
-    cfg = {**TRANSFORMER_CONFIG, **(transformer_overrides or {})}
+    cfg = {**transformer_config(spec), **(transformer_overrides or {})}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = CogVideoXTransformer3DModel(**cfg)
@@ -129,6 +142,7 @@ def load_micro_pipeline(path: str | os.PathLike | None = None, torch_dtype=None)
 
 
 __all__ = [
-    "MICRO_TEXT_LEN", "MICRO_NUM_STEPS", "MICRO_GUIDANCE", "TRANSFORMER_CONFIG", "default_weights_dir",
+    "MICRO_TEXT_LEN", "MICRO_NUM_STEPS", "MICRO_GUIDANCE", "TRANSFORMER_CONFIG", "VARIANTS", "transformer_config",
+    "default_weights_dir",
     "call_kwargs", "build_untrained_pipeline", "load_micro_pipeline", "build_micro_tokenizer", "build_micro_text_encoder",
 ]
