@@ -9,7 +9,7 @@ from asymrnr import Schedule
 from asymrnr.errors import StatsFormatError
 from asymrnr.matching import make_partition, partition_seed
 from asymrnr.profiler import load_stats
-from asymrnr.runtime.apply import RUNTIME_ATTR
+from asymrnr.runtime import installed
 
 STEPS = 3
 
@@ -29,7 +29,7 @@ def generate(pipe, prompt="a red square moving left", seed=0, steps=STEPS, guida
 def pipe(tiny_pipeline):
     yield tiny_pipeline
     asymrnr.remove(tiny_pipeline)
-    assert not hasattr(tiny_pipeline.transformer, RUNTIME_ATTR)
+    assert installed(tiny_pipeline.transformer) is None
 
 
 def test_two_generations_shapes_metadata_and_monotonic_quantiles(pipe, tmp_path):
@@ -71,9 +71,9 @@ def test_two_generations_shapes_metadata_and_monotonic_quantiles(pipe, tmp_path)
 def test_hooks_are_gone_after_the_block(pipe, tmp_path):
     processors = dict(pipe.transformer.attn_processors)
     with asymrnr.profile(pipe, tmp_path / "s.h5"):
-        assert hasattr(pipe.transformer, RUNTIME_ATTR)
+        assert installed(pipe.transformer) is not None
         assert "encode_prompt" in pipe.__dict__
-    assert not hasattr(pipe.transformer, RUNTIME_ATTR)
+    assert installed(pipe.transformer) is None
     assert "encode_prompt" not in pipe.__dict__ and "prepare_latents" not in pipe.__dict__
     assert len(pipe.transformer._forward_pre_hooks) == 0 and len(pipe.transformer._forward_hooks) == 0
     assert all(pipe.transformer.attn_processors[k] is v for k, v in processors.items())
@@ -141,7 +141,7 @@ def test_interrupted_generation_keeps_complete_runs(pipe, tmp_path):
             generate(pipe, "third", seed=3, callback_on_step_end=boom)
     d = load_stats(path)
     assert d.num_runs == 2 and d.prompts == ["first", "second"]
-    assert not hasattr(pipe.transformer, RUNTIME_ATTR)
+    assert installed(pipe.transformer) is None
 
 
 def test_appending_needs_matching_settings(pipe, tmp_path):
@@ -168,9 +168,9 @@ def test_profiling_a_scheduled_pipeline_records_the_schedule(pipe, tmp_path):
     d = load_stats(tmp_path / "sched.h5")
     assert d.profiled_schedule == schedule.tag
     # The schedule stays applied after the profiler leaves.
-    assert hasattr(pipe.transformer, RUNTIME_ATTR)
+    assert installed(pipe.transformer) is not None
     asymrnr.remove(pipe)
-    assert not hasattr(pipe.transformer, RUNTIME_ATTR)
+    assert installed(pipe.transformer) is None
 
 
 def test_profile_needs_a_pipeline(tiny_transformer_factory, tmp_path):

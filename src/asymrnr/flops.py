@@ -1,20 +1,21 @@
-"""FLOPs model of a CogVideoX-style transformer call, dense or with a reduction schedule.
+"""FLOPs model of a transformer call, dense or with a reduction schedule, for every supported family.
 
 Torch-free (numpy only) so that the planner's budget search and the text/HTML reports stay cheap.
 
-What is counted, per transformer block and per sample (a batch of 2 with classifier-free guidance),
-with ``S = T + N`` tokens (``T`` text, ``N`` video), ``C = heads * head_dim`` and ``F = ffn_dim``;
-one multiply-add counts as 2 FLOPs:
+Each family's adapter (:meth:`asymrnr.archs.base.ArchAdapter.block_terms`) gives, per block kind and
+sample, the tokens entering self-attention ``S`` (text + video for joint attention, video only for Wan),
+the projections' FLOPs per such token, and every other term of the block (MLP, cross-attention), which no
+reduction changes. What this module adds, per (block, step) cell and sample (one multiply-add = 2 FLOPs):
 
 ==============  =====================================  ===========================================
 term            dense                                   reduced
 ==============  =====================================  ===========================================
-projections     ``4 * 2*S*C*C`` (to_q, to_k, to_v,      unchanged by ``q``/``kv`` (AsymRnR reduces
-                to_out)                                 after the projections); ``h`` (SymRnR)
+projections     ``S * proj_per_token``                  unchanged by ``q``/``kv`` (AsymRnR reduces
+                                                        after the projections); ``h`` (SymRnR)
                                                         runs them on ``S - n_h`` tokens
 attention       ``2 * 2*H*Sq*Skv*D`` (QK^T and AV)      ``Sq = S - n_q``, ``Skv = S - n_kv``;
                                                         ``h``: ``Sq = Skv = S - n_h``
-MLP             ``2 * 2*S*C*F``                         unchanged (``h`` restores before the MLP)
+fixed terms     the adapter's (MLP, cross-attention)    unchanged (``h`` restores before them)
 matching        --                                      ``2*Ns*Nd*C + 3*Ns*Nd + 2*N*C`` per matched
                                                         feature, once per (block, cache window)
 gather/scatter  --                                      q: ``(N-n_q)*C + N*C``; kv: ``2*(N-n_kv)*C``;
@@ -22,14 +23,13 @@ gather/scatter  --                                      q: ``(N-n_q)*C + N*C``; 
 ==============  =====================================  ===========================================
 
 ``n_f = floor(rate_f * N)`` (the runtime's ``int(r * n)``), text tokens are never reduced. ``Nd`` is the
-number of (possibly partial, at the far edges) stride windows ``prod(ceil(g_i / s_i))``, ``Ns = N - Nd``,
-and a rate above ``Ns / N`` is an error (never clamped). The matching of a feature in a block is computed
-once per matching-cache window (steps ``w*s .. w*s+s-1``), at the first step of the window where that
-feature is reduced, exactly like the runtime's cache; with rates constant inside windows that is the
-recompute step ``k % cache_steps == 0``.
+number of full stride windows (:func:`asymrnr.vocab.num_destinations`), ``Ns = N - Nd``, and a rate above
+``Ns / N`` is an error (never clamped). The matching of a feature in a block is computed once per
+matching-cache window (steps ``w*s .. w*s+s-1``), at the first step of the window where that feature is
+reduced, exactly like the runtime's cache.
 
-Not counted (all well under 0.1% at CogVideoX sizes): patch embedding, text/time embeddings, the AdaLN
-modulation linears, normalisations, softmax, GELU, RoPE, the final projection, the sort of the matching.
+Not counted (well under 0.1 % at real sizes): patch embedding, text/time embeddings, the AdaLN modulation
+linears, normalisations, softmax, activations, RoPE, the final projection, the sort of the matching.
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from . import vocab
 from .errors import ScheduleFormatError, ScheduleMismatchError
 
 COMPONENTS = ("projections", "attention", "mlp", "matching", "gather")
-RATE_FEATURES = ("q", "kv", "h")
+RATE_FEATURES = vocab.SCHEDULE_FEATURES
 
 
 # --------------------------------------------------------------------------------------------------
@@ -51,23 +52,18 @@ RATE_FEATURES = ("q", "kv", "h")
 # --------------------------------------------------------------------------------------------------
 
 
-def num_windows(grid, stride=(2, 2, 2)) -> int:
-    """Number of stride windows over the token grid, partial windows at the far edges included.
-
-    It equals the number of destination tokens ``Nd`` (one per window), as in
-    :func:`asymrnr.matching.num_windows` (kept torch-free here).
-    """
+def num_windows(grid, stride=vocab.DEFAULT_STRIDE) -> int:
+    """Number of destination tokens ``Nd``: one per full stride window (:func:`asymrnr.vocab.num_destinations`)."""
     grid = tuple(int(g) for g in grid)
     stride = tuple(int(s) for s in stride)
     if len(grid) != 3 or len(stride) != 3 or min(grid) < 1 or min(stride) < 1:
         raise ValueError(f"grid and stride must be 3 positive integers, got grid={grid}, stride={stride}")
-    return math.prod(-(-g // s) for g, s in zip(grid, stride))
+    return vocab.num_destinations(grid, stride)
 
 
-def rate_ceiling(grid, stride=(2, 2, 2)) -> float:
-    """Largest rate the matching can realise, ``Ns / N`` (0.862 on CogVideoX's 13x30x45 grid at (2,2,2))."""
-    n = math.prod(int(g) for g in grid)
-    return (n - num_windows(grid, stride)) / n
+def rate_ceiling(grid, stride=vocab.DEFAULT_STRIDE) -> float:
+    """Largest rate the matching can realise, ``Ns / N`` (0.887 on CogVideoX's 13x30x45 grid at (2,2,2))."""
+    return vocab.rate_ceiling(grid, stride)
 
 
 @dataclass(frozen=True)
@@ -76,8 +72,9 @@ class _Shape:
     num_heads: int
     head_dim: int
     grid: tuple[int, int, int]
-    text_len: int
-    ffn_dim: int
+    self_tokens: np.ndarray  # [B] tokens entering self-attention, per block
+    proj_per_token: np.ndarray  # [B]
+    fixed: np.ndarray  # [B] every other term (MLP, cross-attention)
 
     @property
     def n(self) -> int:
@@ -87,28 +84,37 @@ class _Shape:
     def c(self) -> int:
         return self.num_heads * self.head_dim
 
-    @property
-    def s(self) -> int:
-        return self.text_len + self.n
+
+def model_description(model: Any):
+    """A ModelDescription from a ModelDescription, its ``to_dict()`` (v2) or a version-1 dict."""
+    from .formats.descriptions import ModelDescription, upgrade_model_v1
+
+    if isinstance(model, ModelDescription):
+        return model
+    if isinstance(model, Mapping):
+        d = dict(model)
+        if "family" not in d:
+            d = upgrade_model_v1(d)
+        return ModelDescription.from_dict(d)
+    raise TypeError(f"expected a ModelDescription (or its dict), got {type(model).__name__}")
 
 
 def _shape(model: Any) -> _Shape:
-    """Accept a ModelDescription or its ``to_dict()`` (e.g. ``StatsData.model``)."""
-    get = model.get if isinstance(model, Mapping) else (lambda k: getattr(model, k))
-    try:
-        return _Shape(
-            num_blocks=int(get("num_blocks")),
-            num_heads=int(get("num_heads")),
-            head_dim=int(get("head_dim")),
-            grid=tuple(int(g) for g in get("latent_grid")),
-            text_len=int(get("text_len")),
-            ffn_dim=int(get("ffn_dim")),
-        )
-    except (KeyError, AttributeError, TypeError) as exc:
-        raise TypeError(
-            f"expected a ModelDescription (or its dict) with num_blocks, num_heads, head_dim, latent_grid, "
-            f"text_len and ffn_dim; got {type(model).__name__} ({exc})"
-        ) from None
+    from . import archs
+
+    desc = model_description(model)
+    adapter = archs.get(desc.family)
+    terms = {kind: adapter.block_terms(desc, kind) for kind in set(desc.kinds())}
+    kinds = desc.kinds()
+    return _Shape(
+        num_blocks=desc.num_blocks,
+        num_heads=desc.num_heads,
+        head_dim=desc.head_dim,
+        grid=tuple(desc.latent_grid),
+        self_tokens=np.array([terms[k].self_tokens for k in kinds], dtype=np.float64),
+        proj_per_token=np.array([terms[k].proj_per_token for k in kinds], dtype=np.float64),
+        fixed=np.array([sum(terms[k].fixed.values()) for k in kinds], dtype=np.float64),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,18 +189,19 @@ class FlopsReport:
 
 
 def _dense_block(sh: _Shape) -> dict:
-    """FLOPs of one block for one sample, dense."""
-    s, c = float(sh.s), float(sh.c)
+    """FLOPs of every block for one sample, dense: name -> ``[B]``."""
+    s = sh.self_tokens
     return {
-        "projections": 4 * 2 * s * c * c,
+        "projections": s * sh.proj_per_token,
         "attention": 2 * 2 * sh.num_heads * s * s * sh.head_dim,
-        "mlp": 2 * 2 * s * c * sh.ffn_dim,
-        "matching": 0.0,
-        "gather": 0.0,
+        "mlp": sh.fixed.copy(),
+        "matching": np.zeros(sh.num_blocks),
+        "gather": np.zeros(sh.num_blocks),
     }
 
 
 def _matching_cost(sh: _Shape, nd: int) -> float:
+    """FLOPs of one matching of one feature (one sample): similarities of every source to every destination."""
     n, c = sh.n, sh.c
     ns = n - nd
     return 2.0 * ns * nd * c + 3.0 * ns * nd + 2.0 * n * c
@@ -275,7 +282,7 @@ def rates_flops(
     shape = (sh.num_blocks, steps)
     tables = {"q": _as_table(q, shape, "q"), "kv": _as_table(kv, shape, "kv"), "h": _as_table(h, shape, "h")}
     nd = num_windows(sh.grid, stride)
-    ceiling = (sh.n - nd) / sh.n
+    ceiling = vocab.rate_ceiling(sh.grid, stride)
     counts = {f: _counts(t, sh, ceiling, f) for f, t in tables.items()}
     both = (counts["h"] > 0) & ((counts["q"] > 0) | (counts["kv"] > 0))
     if both.any():
@@ -292,16 +299,17 @@ def rates_flops(
 
 def _cell_flops(sh: _Shape, counts: Mapping[str, np.ndarray], match: Mapping[str, np.ndarray], nd: int) -> dict:
     """Per-sample FLOPs of every (block, step) cell, by component: dict name -> [B, S] float64."""
-    s, c, n = float(sh.s), float(sh.c), float(sh.n)
+    c, n = float(sh.c), float(sh.n)
+    s = sh.self_tokens[:, None]
     nq = counts["q"].astype(np.float64)
     nkv = counts["kv"].astype(np.float64)
     nh = counts["h"].astype(np.float64)
     s_h = s - nh  # sequence seen by projections and attention (s when h is 0)
     sq = s_h - nq
     skv = s_h - nkv
-    proj = 4 * 2 * s_h * c * c
+    proj = s_h * sh.proj_per_token[:, None]
     attn = 2 * 2 * sh.num_heads * sq * skv * sh.head_dim
-    mlp = np.full(nq.shape, 2 * 2 * s * c * sh.ffn_dim)
+    mlp = np.broadcast_to(sh.fixed[:, None], nq.shape).copy()
     mcost = _matching_cost(sh, nd)
     matching = mcost * sum(match[f].astype(np.float64) for f in RATE_FEATURES)
     gather = (
@@ -317,21 +325,21 @@ def _report(sh: _Shape, cells: dict, *, batch: int, cache_steps: int, matchings:
         raise ValueError(f"batch must be >= 1, got {batch}")
     bsz = float(batch)
     num_blocks, num_steps = cells["attention"].shape
-    dense_block = {k: v * bsz for k, v in _dense_block(sh).items()}
-    dense_cell = sum(dense_block.values())
+    dense_block = {k: v * bsz for k, v in _dense_block(sh).items()}  # name -> [B]
+    dense_cell = sum(dense_block.values())  # [B]
     reduced = sum(cells[k] for k in COMPONENTS) * bsz  # [B, S]
-    dense_total = dense_cell * num_blocks * num_steps
+    dense_total = float(dense_cell.sum()) * num_steps
     reduced_total = float(reduced.sum())
     return FlopsReport(
-        dense_total=float(dense_total),
+        dense_total=dense_total,
         reduced_total=reduced_total,
         predicted_speedup=float(dense_total / reduced_total),
-        per_block_dense=np.full(num_blocks, dense_cell * num_steps),
+        per_block_dense=dense_cell * num_steps,
         per_block_reduced=reduced.sum(axis=1),
-        per_step_dense=np.full(num_steps, dense_cell * num_blocks),
+        per_step_dense=np.full(num_steps, float(dense_cell.sum())),
         per_step_reduced=reduced.sum(axis=0),
-        attention_share=float(dense_block["attention"] / dense_cell),
-        components_dense={k: float(v * num_blocks * num_steps) for k, v in dense_block.items()},
+        attention_share=float(dense_block["attention"].sum() / dense_cell.sum()),
+        components_dense={k: float(v.sum() * num_steps) for k, v in dense_block.items()},
         components_reduced={k: float(cells[k].sum() * bsz) for k in COMPONENTS},
         matchings=matchings,
         batch=int(batch),
@@ -388,7 +396,7 @@ def transformer_flops(
     """
     sh = _shape(model)
     if rates is None:
-        return float(sum(_dense_block(sh).values()) * sh.num_blocks * int(batch))
+        return float(sum(v.sum() for v in _dense_block(sh).values()) * int(batch))
     unknown = set(rates) - set(RATE_FEATURES)
     if unknown:
         raise ValueError(f"unknown rate feature(s) {sorted(unknown)}; use {', '.join(RATE_FEATURES)}")
@@ -415,6 +423,7 @@ __all__ = [
     "FlopsReport",
     "num_windows",
     "rate_ceiling",
+    "model_description",
     "rates_flops",
     "schedule_flops",
     "transformer_flops",

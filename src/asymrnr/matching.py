@@ -1,9 +1,11 @@
 """Bipartite soft matching on 3D windows of the video token grid (paper Sec. 3.1).
 
-The video tokens of a grid ``(F, H, W)`` are split into windows of ``stride = (sf, sh, sw)``; windows at the
-far edges are partial. Each window contributes one random *destination*; every other token is a *source*.
-Each source is matched to its most similar destination; reducing by ``n_r`` drops the ``n_r`` sources with
-the best match, and restoration copies a dropped token's output from its destination.
+The video tokens of a grid ``(F, H, W)`` are split into windows of ``stride = (sf, sh, sw)``. Each *full*
+window contributes one random *destination*; every other token is a *source*, including the leftover
+edge slab that does not fill a window (paper Table 6 and the reference count one destination per full
+window: 11.28 % of the tokens at 13x30x45, stride (2, 2, 2)). Each source is matched to its most similar
+destination; reducing by ``n_r`` drops the ``n_r`` sources with the best match, and restoration copies a
+dropped token's output from its destination.
 
 Everything here is pure torch. Shapes depend only on the grid, the stride and ``n_r`` (which the schedule
 fixes), never on the data, so nothing syncs with the host and ``torch.compile`` sees static shapes.
@@ -20,7 +22,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-METRICS = ("euclidean", "cosine", "dot", "random")
+from . import vocab
+
+METRICS = vocab.METRICS
 
 # Upper bound on the bytes of one chunk of the [G, rows, Nd] similarity matrix. The full matrix is
 # memory-bound (field notes: chunking halves the matching time at the real CogVideoX grid); a chunk that
@@ -61,8 +65,8 @@ class Partition:
 
     @property
     def max_rate(self) -> float:
-        """The largest reducible fraction of video tokens, ``Ns / N``."""
-        return self.num_src / self.num_tokens
+        """The largest reducible fraction of video tokens, ``Ns / N`` (0 without destinations)."""
+        return self.num_src / self.num_tokens if self.num_dst else 0.0
 
     def to(self, device: torch.device | str) -> "Partition":
         return Partition(
@@ -75,28 +79,34 @@ class Partition:
 
 
 def num_windows(grid: tuple[int, int, int], stride: tuple[int, int, int]) -> int:
-    """Number of (possibly partial) windows, which equals the number of destinations."""
-    return math.prod(math.ceil(g / s) for g, s in zip(grid, stride))
+    """Number of full windows, which equals the number of destinations."""
+    return vocab.num_destinations(grid, stride)
 
 
 def rate_ceiling(grid: tuple[int, int, int], stride: tuple[int, int, int]) -> float:
     """Largest allowed rate ``Ns / N`` for a grid and stride."""
-    n = math.prod(grid)
-    return (n - num_windows(grid, stride)) / n
+    return vocab.rate_ceiling(grid, stride)
 
 
-def partition_seed(seed: int, block: int, feature: str) -> int:
-    """Deterministic seed of the partition of one (block, feature); the same on every machine."""
-    code = {"h": 1, "q": 2, "kv": 3, "k": 3, "v": 3}.get(feature, 7)
-    return (int(seed) * 1_000_003 + int(block) * 1_009 + code * 101) % (2**63 - 1)
+_FEATURE_CODE = {"h": 1, "q": 2, "kv": 3, "k": 3, "v": 3}
+
+
+def partition_seed(seed: int, block: int, feature: str, window: int | None = None) -> int:
+    """Deterministic seed of the partition of one (block, feature[, cache window]); the same on every machine,
+    every prompt and every rank. ``window=None`` is the fixed partition of the whole generation."""
+    code = _FEATURE_CODE.get(feature, 7)
+    base = int(seed) * 1_000_003 + int(block) * 1_009 + code * 101
+    if window is not None:
+        base += (int(window) + 1) * 7_919_317
+    return base % (2**63 - 1)
 
 
 def make_partition(grid: tuple[int, int, int], stride: tuple[int, int, int], seed: int) -> Partition:
-    """Choose one random destination per 3D window, deterministically from ``seed`` (on the CPU).
+    """Choose one random destination per full 3D window, deterministically from ``seed`` (on the CPU).
 
     Args:
         grid: token grid ``(F, H, W)``; video tokens are flattened frame-major, then row, then column.
-        stride: window size per axis; edge windows are clipped to the grid.
+        stride: window size per axis; tokens beyond the last full window on an axis are sources only.
         seed: seeds a CPU ``torch.Generator``, so the partition is identical on any machine.
     """
     grid = tuple(int(g) for g in grid)
@@ -107,27 +117,17 @@ def make_partition(grid: tuple[int, int, int], stride: tuple[int, int, int], see
         raise ValueError(f"window stride must be >= 1 on every axis, got {stride}")
     gf, gh, gw = grid
     sf, sh, sw = stride
-    nf, nh, nw = (math.ceil(g / s) for g, s in zip(grid, stride))
+    nf, nh, nw = vocab.window_counts(grid, stride)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-
-    wf = torch.arange(nf).view(nf, 1, 1)
-    wh = torch.arange(nh).view(1, nh, 1)
-    ww = torch.arange(nw).view(1, 1, nw)
-    # Extents of each (possibly partial) window.
-    ef = torch.clamp(gf - wf * sf, max=sf)
-    eh = torch.clamp(gh - wh * sh, max=sh)
-    ew = torch.clamp(gw - ww * sw, max=sw)
-    size = (ef * eh * ew).reshape(-1)
-    u = torch.rand(size.shape, generator=gen, dtype=torch.float64)
-    offset = torch.clamp((u * size).long(), max=size - 1)
-    ehw = (eh * ew).expand(nf, nh, nw).reshape(-1)
-    ew_flat = ew.expand(nf, nh, nw).reshape(-1)
-    of = offset // ehw
-    oh = (offset % ehw) // ew_flat
-    ow = offset % ew_flat
-    f = (wf * sf).expand(nf, nh, nw).reshape(-1) + of
-    h = (wh * sh).expand(nf, nh, nw).reshape(-1) + oh
-    w = (ww * sw).expand(nf, nh, nw).reshape(-1) + ow
+    n_win = nf * nh * nw
+    size = sf * sh * sw
+    offset = torch.randint(0, size, (n_win,), generator=gen)
+    of = offset // (sh * sw)
+    oh = (offset % (sh * sw)) // sw
+    ow = offset % sw
+    f = (torch.arange(nf).view(nf, 1, 1) * sf).expand(nf, nh, nw).reshape(-1) + of
+    h = (torch.arange(nh).view(1, nh, 1) * sh).expand(nf, nh, nw).reshape(-1) + oh
+    w = (torch.arange(nw).view(1, 1, nw) * sw).expand(nf, nh, nw).reshape(-1) + ow
     dst = torch.sort((f * gh + h) * gw + w).values
 
     is_dst = torch.zeros(gf * gh * gw, dtype=torch.bool)
@@ -270,18 +270,34 @@ def make_reduction(partition: Partition, matching: Matching, n_r: int) -> Reduct
     return Reduction(keep_idx, restore_idx, drop_idx, drop_dst, nd)
 
 
-def with_prefix(idx: torch.Tensor, prefix: int) -> torch.Tensor:
-    """Index into a sequence that starts with ``prefix`` untouched tokens (CogVideoX's text tokens).
+def with_text(idx: torch.Tensor, text_len: int, text_layout: str, num_video: int) -> torch.Tensor:
+    """Index into a joint sequence whose text tokens are kept as they are.
 
     Args:
-        idx: ``[G, M]`` indices into the video part.
+        idx: ``[G, M]`` indices into the video part: tokens kept (reduction) or, for restoration, each video
+            token's slot in the reduced video part (``M = N``).
+        text_len: text tokens of the sequence; ``text_layout``: ``first`` (``[text | video]``), ``last``
+            (``[video | text]``) or ``none``.
+        num_video: length of the video part the *result* indexes into: ``N`` for a reduction, the reduced
+            length ``N - n_r`` for a restoration.
 
     Returns:
-        ``[G, prefix + M]``: ``0 .. prefix-1`` followed by ``prefix + idx``, so that one gather over the whole
-        joint sequence both keeps the text and reduces (or restores) the video, with no concatenation.
+        ``[G, text_len + M]``: one gather over the whole sequence both keeps the text and reduces (or restores)
+        the video, with no concatenation of tensors.
     """
-    head = torch.arange(prefix, device=idx.device, dtype=idx.dtype).unsqueeze(0).expand(idx.shape[0], prefix)
-    return torch.cat([head, idx + prefix], dim=1)
+    if text_layout == "none" or text_len == 0:
+        return idx
+    text = torch.arange(text_len, device=idx.device, dtype=idx.dtype).unsqueeze(0).expand(idx.shape[0], text_len)
+    if text_layout == "first":
+        return torch.cat([text, idx + text_len], dim=1)
+    if text_layout == "last":
+        return torch.cat([idx, text + num_video], dim=1)
+    raise ValueError(f"unknown text layout {text_layout!r}; use first, last or none")
+
+
+def with_prefix(idx: torch.Tensor, prefix: int) -> torch.Tensor:
+    """:func:`with_text` for a sequence that starts with ``prefix`` text tokens."""
+    return with_text(idx, prefix, "first", 0)
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -187,142 +187,7 @@ def _int_triple(value: Any, where: str, *, minimum: int) -> tuple[int, int, int]
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelDescription:
-    """What a schedule was made for: the transformer's shape facts (see :mod:`asymrnr.arch`)."""
-
-    transformer_class: str  # "CogVideoXTransformer3DModel"
-    num_blocks: int
-    num_heads: int
-    head_dim: int
-    patch_size: int  # spatial patch
-    patch_size_t: int  # temporal patch, 1 when the model has none
-    rope: bool
-    latent_grid: tuple[int, int, int]  # token grid (frames, height, width) it was made at
-    text_len: int  # text tokens it was made at
-    ffn_dim: int  # feed-forward inner dim (FLOPs model)
-    text_first: bool = True
-
-    def __post_init__(self) -> None:
-        for name, value in _validated_model(dataclasses.asdict(self), "model").items():
-            object.__setattr__(self, name, value)
-
-    @property
-    def num_video_tokens(self) -> int:
-        f, h, w = self.latent_grid
-        return f * h * w
-
-    @property
-    def inner_dim(self) -> int:
-        return self.num_heads * self.head_dim
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["latent_grid"] = list(self.latent_grid)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Any, *, where: str = "model") -> "ModelDescription":
-        d = _mapping(d, where)
-        _check_keys(d, where, MODEL_KEYS)
-        return cls(**_validated_model(d, where))
-
-
-def _validated_model(d: Mapping, where: str) -> dict:
-    return {
-        "transformer_class": _str(d["transformer_class"], f"{where}.transformer_class"),
-        "num_blocks": _int(d["num_blocks"], f"{where}.num_blocks", minimum=1),
-        "num_heads": _int(d["num_heads"], f"{where}.num_heads", minimum=1),
-        "head_dim": _int(d["head_dim"], f"{where}.head_dim", minimum=1),
-        "patch_size": _int(d["patch_size"], f"{where}.patch_size", minimum=1),
-        "patch_size_t": _int(d["patch_size_t"], f"{where}.patch_size_t", minimum=1),
-        "rope": _bool(d["rope"], f"{where}.rope"),
-        "latent_grid": _int_triple(d["latent_grid"], f"{where}.latent_grid", minimum=1),
-        "text_len": _int(d["text_len"], f"{where}.text_len", minimum=0),
-        "ffn_dim": _int(d["ffn_dim"], f"{where}.ffn_dim", minimum=1),
-        "text_first": _bool(d["text_first"], f"{where}.text_first"),
-    }
-
-
-@dataclass(frozen=True)
-class SamplerDescription:
-    """The denoising loop a schedule indexes: step ``k`` is the k-th transformer call (0-based)."""
-
-    scheduler_class: str | None  # None: unspecified (steps counted by transformer calls)
-    num_steps: int
-    timesteps: tuple[float, ...] | None
-
-    def __post_init__(self) -> None:
-        for name, value in _validated_sampler(dataclasses.asdict(self), "sampler").items():
-            object.__setattr__(self, name, value)
-
-    def to_dict(self) -> dict:
-        return {
-            "scheduler_class": self.scheduler_class,
-            "num_steps": self.num_steps,
-            "timesteps": None if self.timesteps is None else list(self.timesteps),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Any, *, where: str = "sampler") -> "SamplerDescription":
-        d = _mapping(d, where)
-        _check_keys(d, where, SAMPLER_KEYS)
-        return cls(**_validated_sampler(d, where))
-
-
-def _validated_sampler(d: Mapping, where: str) -> dict:
-    scheduler_class = d["scheduler_class"]
-    if scheduler_class is not None:
-        scheduler_class = _str(scheduler_class, f"{where}.scheduler_class")
-    num_steps = _int(d["num_steps"], f"{where}.num_steps", minimum=1)
-    timesteps = d["timesteps"]
-    if timesteps is not None:
-        items = _as_sequence(timesteps, f"{where}.timesteps")
-        if len(items) != num_steps:
-            _fail(
-                f"{where}.timesteps has {len(items)} entries but {where}.num_steps is {num_steps}; "
-                f"they must agree (one timestep per denoising step), or set {where}.timesteps to null"
-            )
-        timesteps = tuple(_real(t, f"{where}.timesteps[{i}]") for i, t in enumerate(items))
-    return {"scheduler_class": scheduler_class, "num_steps": num_steps, "timesteps": timesteps}
-
-
-@dataclass(frozen=True)
-class MatchingSettings:
-    """How tokens are matched: similarity metric, 3D destination stride, matching cache, reduction."""
-
-    metric: str = "euclidean"
-    stride: tuple[int, int, int] = (2, 2, 2)
-    cache_steps: int = 4
-    reduce_op: str = "discard"
-    granularity: str = "joint"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name, value in _validated_matching(dataclasses.asdict(self), "matching").items():
-            object.__setattr__(self, name, value)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["stride"] = list(self.stride)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Any, *, where: str = "matching") -> "MatchingSettings":
-        d = _mapping(d, where)
-        _check_keys(d, where, MATCHING_KEYS)
-        return cls(**_validated_matching(d, where))
-
-
-def _validated_matching(d: Mapping, where: str) -> dict:
-    return {
-        "metric": _str(d["metric"], f"{where}.metric", allowed=METRICS, what="metric"),
-        "stride": _int_triple(d["stride"], f"{where}.stride", minimum=1),
-        "cache_steps": _int(d["cache_steps"], f"{where}.cache_steps", minimum=1),
-        "reduce_op": _str(d["reduce_op"], f"{where}.reduce_op", allowed=REDUCE_OPS, what="reduce_op"),
-        "granularity": _str(d["granularity"], f"{where}.granularity", allowed=GRANULARITIES, what="granularity"),
-        "seed": _int(d["seed"], f"{where}.seed", minimum=0),
-    }
+from .formats.descriptions import MatchingSettings, ModelDescription, SamplerDescription  # noqa: E402  (temporary: v2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -528,7 +393,7 @@ class Schedule:
         }
         digest = hashlib.sha256(_canonical_json(content).encode("ascii")).hexdigest()[:6]
         parts = [
-            _model_slug(self.model.transformer_class),
+            self.model.family,
             f"L{self.model.num_blocks}",
             f"q{_percent(self.mean_rate('q')):02d}",
             f"kv{_percent(self.mean_rate('kv')):02d}",
@@ -664,8 +529,9 @@ class Schedule:
         metric: str = "euclidean",
         stride=(2, 2, 2),
         reduce_op: str = "discard",
-        granularity: str = "joint",
+        granularity: str = "head",
         seed: int = 0,
+        partition: str = "window",
         latent_grid=None,
         text_len: int | None = None,
         notes: str = "",
@@ -676,7 +542,7 @@ class Schedule:
         ``num_steps`` are recorded (from a copy of the scheduler); with a bare transformer the sampler is
         unspecified (``scheduler_class`` and ``timesteps`` null; steps count transformer calls).
         """
-        from .arch import describe_transformer
+        from . import archs
 
         rates = {}
         for name, value in (("q", q), ("kv", kv), ("h", h)):
@@ -695,35 +561,16 @@ class Schedule:
             )
         num_steps = _int(num_steps, "num_steps", minimum=1)
 
-        if hasattr(pipe_or_transformer, "transformer") and hasattr(pipe_or_transformer, "scheduler"):
-            transformer = pipe_or_transformer.transformer
-            if transformer is None:
-                raise ScheduleMismatchError("the pipeline has no transformer (pipe.transformer is None)")
-            scheduler = copy.deepcopy(pipe_or_transformer.scheduler)
-            scheduler.set_timesteps(num_steps)
-            raw = scheduler.timesteps
-            raw = raw.tolist() if hasattr(raw, "tolist") else list(raw)
-            timesteps = tuple(float(t) for t in raw)
-            if len(timesteps) != num_steps:
-                raise ScheduleMismatchError(
-                    f"{type(scheduler).__name__} yields {len(timesteps)} timesteps for num_steps={num_steps}; "
-                    "asymrnr schedules need one transformer call per step: use a first-order scheduler "
-                    "(e.g. CogVideoXDDIMScheduler or CogVideoXDPMScheduler)"
-                )
-            sampler = SamplerDescription(type(scheduler).__name__, num_steps, timesteps)
+        adapter = archs.adapter_for(pipe_or_transformer)
+        if hasattr(pipe_or_transformer, "scheduler") and hasattr(pipe_or_transformer, "components"):
+            transformer = pipe_or_transformer.transformer or pipe_or_transformer.transformer_2
+            sampler = adapter.describe_sampler(pipe_or_transformer, num_steps)
         else:
             transformer = pipe_or_transformer
             sampler = SamplerDescription(None, num_steps, None)
-
-        model = describe_transformer(transformer, latent_grid=latent_grid, text_len=text_len)
-        matching = MatchingSettings(
-            metric=metric,
-            stride=stride,
-            cache_steps=cache_steps,
-            reduce_op=reduce_op,
-            granularity=granularity,
-            seed=seed,
-        )
+        model = adapter.describe(transformer, latent_grid=latent_grid, text_len=text_len)
+        matching = MatchingSettings(metric=metric, stride=stride, cache_steps=cache_steps, reduce_op=reduce_op,
+                                    granularity=granularity, seed=seed, partition=partition)
         table = lambda r: ((r,) * num_steps,) * model.num_blocks  # noqa: E731
         return cls(
             model=model,

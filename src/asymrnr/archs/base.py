@@ -185,6 +185,18 @@ class ArchAdapter:
         """The token grid of one transformer call, from its bound arguments (by name, never position)."""
         raise NotImplementedError
 
+    def call_text_len(self, inputs: Mapping[str, Any]) -> int:
+        """Text tokens of one call, as :meth:`describe` takes ``text_len`` (from ``encoder_hidden_states``)."""
+        ehs = inputs.get("encoder_hidden_states")
+        return int(ehs.shape[1]) if ehs is not None and hasattr(ehs, "shape") else 0
+
+    def generation_size(self, pipe: Any, transformer: Any, grid) -> dict:
+        """Height, width and frames (pixels) of a generation whose token grid is ``grid``."""
+        pt, ph, pw = self.patch_size(config_of(transformer))
+        vs = int(getattr(pipe, "vae_scale_factor_spatial", 8))
+        vt = int(getattr(pipe, "vae_scale_factor_temporal", 4))
+        return {"height": grid[1] * ph * vs, "width": grid[2] * pw * vs, "num_frames": (grid[0] * pt - 1) * vt + 1}
+
     def make_processor(self, site: "Site", runtime: Any, original: Any) -> Any:
         """The AsymRnR processor replacing ``original`` at ``site``."""
         raise NotImplementedError

@@ -106,6 +106,7 @@ class CogVideoXAsymRnRProcessor:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         text_len = encoder_hidden_states.size(1)
         batch = hidden_states.size(0)
+        video_input = hidden_states
 
         # SymRnR (h): fewer video tokens through projections and attention alike; the rotary tables follow.
         hidden_states, rope, restore_h = R.reduce_input(rt, self.site.index, hidden_states, image_rotary_emb,
@@ -138,7 +139,7 @@ class CogVideoXAsymRnRProcessor:
                 key = torch_cat([key[:, :, :text_len], _rotate(key[:, :, text_len:], *rope)], dim=2)
 
         out = R.attend(rt, self.site.index, query, key, value, text_len=text_len, text_layout="first",
-                       heads_dim=1, attend_fn=_sdpa, attn_mask=attention_mask, observed_input=hidden_states,
+                       heads_dim=1, attend_fn=_sdpa, attn_mask=attention_mask, observed_input=video_input,
                        restore_h=restore_h)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
         out = attn.to_out[0](out)

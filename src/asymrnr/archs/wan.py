@@ -142,6 +142,7 @@ class WanAsymRnRProcessor:
         if encoder_hidden_states is not None or R.passthrough(rt, self.site.index):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
 
+        video_input = hidden_states
         hidden_states, rope, restore_h = R.reduce_input(rt, self.site.index, hidden_states, rotary_emb,
                                                          gather_rope=_gather_rope)
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
@@ -161,7 +162,7 @@ class WanAsymRnRProcessor:
                                          backend=self._attention_backend, parallel_config=self._parallel_config)
 
         out = R.attend(rt, self.site.index, query, key, value, text_len=0, text_layout="none", heads_dim=2,
-                       attend_fn=attend_fn, attn_mask=attention_mask, observed_input=hidden_states,
+                       attend_fn=attend_fn, attn_mask=attention_mask, observed_input=video_input,
                        restore_h=restore_h)
         out = out.flatten(2, 3).type_as(query)
         out = attn.to_out[0](out)

@@ -1,13 +1,19 @@
 """``asymrnr.profile``: record what a schedule would act on, during real generations.
 
 Inside ``with asymrnr.profile(pipe, "stats.h5"):`` every generation of ``pipe`` is observed at every
-attention block and step: the attention input H and Q, K (after norm and RoPE) and V of the video
-tokens, for each CFG branch separately. For each (branch, block, feature) the profiler matches tokens with
-the runtime's own partition (same stride and seeded destinations) and reduces, on the device, the
-similarity of every source to its best destination (Euclidean and cosine), the token norms and the
-step-to-step stability of the matching into one small vector. Once per step those vectors go to the host;
-once per completed generation they are appended to the HDF5 file and flushed
-(:mod:`asymrnr.profiler.stats_format` owns the file). Leaving the block removes every hook.
+self-attention site of every transformer component and every step: the attention input H and Q, K
+(after norm and RoPE) and V of the video tokens, for every sample of the batch and every CFG branch. For
+each (sample, branch, block, feature) the profiler matches tokens with the runtime's own partition (same
+stride and seeded destinations) and reduces, on the device, the similarity of every source to its best
+destination (Euclidean and cosine), the token norms and the step-to-step stability of the matching into
+one small vector. Once per transformer call those vectors go to the host; when the generation ends (the
+pipeline resets diffusers' stateful hooks at the end of every call) each prompt of the batch is appended
+to the HDF5 file as its own run (:mod:`asymrnr.profiler.stats_format` owns the file). Leaving the block
+removes every hook.
+
+The CFG branch comes from the pipeline's ``cache_context``: ``cond_uncond`` is one batched call (the
+uncond half first), ``cond`` / ``uncond`` are separate calls. Steps the pipeline does not run (video to
+video with ``strength < 1``) are simply not recorded: a run holds the steps that were run.
 """
 
 from __future__ import annotations
@@ -20,20 +26,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..arch import describe_transformer, temporal_patch_size
+from .. import vocab
+from ..archs.base import sampler_config
 from ..matching import best_matches_euclidean_and_cosine, matching_features
-from ..runtime.apply import _module, _split, install, uninstall
-from ..runtime.state import RuntimeContext
+from ..runtime.apply import components, install, uninstall
+from ..runtime.context import Runtime
 from . import stats_format as sf
 
 logger = logging.getLogger(__name__)
 
-_FEATURES = sf.STAT_FEATURES  # ("h", "q", "k", "v")
-_PARTITION_KEY = {"h": "h", "q": "q", "k": "kv", "v": "kv"}  # the runtime partition each feature uses
+_FEATURES = vocab.STAT_FEATURES  # ("h", "q", "k", "v")
 _NQ = len(sf.QUANTILE_LEVELS)
 _NR = len(sf.RATE_LEVELS)
 _NB = len(sf.NORM_BIN_EDGES) - 1
-# Layout of the per-(branch, block, feature) statistics vector.
+# Layout of the per-(sample, block, feature) statistics vector.
 _SIM_LEN = 1 + _NQ + _NR  # mean, quantiles, rate curve
 _OFF_EU, _OFF_COS = 0, _SIM_LEN
 _OFF_NQ = 2 * _SIM_LEN
@@ -46,58 +52,69 @@ class Profiler:
     """Collects statistics of every generation run by ``pipe`` while active. Use :func:`profile`.
 
     Args:
-        pipe: a diffusers CogVideoX pipeline.
+        pipe: a diffusers video pipeline of a supported family.
         path: the HDF5 file to write.
         mode: ``"a"`` appends runs to an existing compatible file, ``"w"`` overwrites it.
-        stride, seed, granularity: the partition and matching layout; default to the applied schedule's
-            (so the statistics describe what that schedule acts on), else (2, 2, 2), 0 and ``joint``.
+        stride, seed, granularity, partition: the partition and matching layout; default to the applied
+            schedule's (so the statistics describe what that schedule acts on), else the paper's defaults.
     """
 
-    def __init__(self, pipe: Any, path: str | Path, *, mode: str = "a", stride=None, seed=None, granularity=None):
-        transformer, scheduler = _split(pipe)
-        if scheduler is None:
+    def __init__(self, pipe: Any, path: str | Path, *, mode: str = "a", stride=None, seed=None, granularity=None,
+                 partition=None):
+        pipe_, _ = components(pipe)
+        if pipe_ is None:
             raise TypeError("asymrnr.profile needs a pipeline (it reads the sampler and prompts); pass the pipeline")
+        if mode not in ("a", "w"):
+            raise ValueError(f"profile mode={mode!r} does not exist; use 'a' (append runs) or 'w' (overwrite)")
+        if granularity is not None and granularity not in vocab.GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r}; use one of {', '.join(vocab.GRANULARITIES)}")
+        if partition is not None and partition not in vocab.PARTITION_MODES:
+            raise ValueError(f"unknown partition {partition!r}; use one of {', '.join(vocab.PARTITION_MODES)}")
         self.pipe = pipe
-        self.transformer = _module(transformer)
         self.path = Path(path)
         self.mode = mode
-        self._stride = stride
+        self._stride = tuple(stride) if stride is not None else None
         self._seed = seed
         self._granularity = granularity
+        self._partition = partition
         self._writer: sf.StatsWriter | None = None
-        self._runtime = None
-        self._post_handle = None
+        self._runtimes: list[Runtime] = []
         self._patched: dict[str, Any] = {}
         self.completed_runs = 0
-        self._reset_run()
+        self._prompts: list[str] = []
+        self._seeds: list[int] = []
+        self._reset_generation()
 
     # ------------------------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "Profiler":
-        self._runtime = install(self.pipe, owner="profiler")
-        ctx = self._runtime.context
-        ctx.observers.append(self._observe)
-        self._post_handle = self.transformer.register_forward_hook(self._after_call)
+        self._runtimes = install(self.pipe, owner="profiler")
+        for rt in self._runtimes:
+            rt.observers.append(self._observe)
+            rt.call_listeners.append(self._after_call)
+            rt.end_listeners.append(self._end_generation)
         self._patch_pipeline()
         return self
 
     def __exit__(self, *exc) -> None:
         try:
-            if self._run_steps and not self._run_done:
-                logger.warning("discarding an incomplete generation (%d steps recorded)", len(self._run_steps))
+            if self._steps:
+                logger.warning("discarding an incomplete generation (%d steps recorded)", len(self._steps))
         finally:
             self._unpatch_pipeline()
-            if self._post_handle is not None:
-                self._post_handle.remove()
-            if self._runtime is not None:
-                if self._observe in self._runtime.context.observers:
-                    self._runtime.context.observers.remove(self._observe)
+            for rt in self._runtimes:
+                for listeners, fn in ((rt.observers, self._observe), (rt.call_listeners, self._after_call),
+                                      (rt.end_listeners, self._end_generation)):
+                    if fn in listeners:
+                        listeners.remove(fn)
+            if self._runtimes:
                 uninstall(self.pipe, owner="profiler")
+            self._runtimes = []
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
 
     def _patch_pipeline(self) -> None:
-        """Wrap two instance methods to learn each generation's prompt and seed (restored on exit)."""
+        """Wrap two instance methods to learn each generation's prompts and seeds (restored on exit)."""
         pipe = self.pipe
         for name, wrapper in (("encode_prompt", self._wrap_encode_prompt), ("prepare_latents", self._wrap_prepare_latents)):
             original = getattr(pipe, name, None)
@@ -116,7 +133,9 @@ class Profiler:
     def _wrap_encode_prompt(self, original):
         def encode_prompt(*args, **kwargs):
             prompt = kwargs.get("prompt", args[0] if args else "")
-            self._prompt = prompt if isinstance(prompt, str) else (prompt[0] if prompt else "")
+            per_prompt = int(kwargs.get("num_videos_per_prompt", 1) or 1)
+            prompts = [prompt] if isinstance(prompt, str) or prompt is None else list(prompt)
+            self._prompts = [str(p or "") for p in prompts for _ in range(per_prompt)]
             return original(*args, **kwargs)
 
         return encode_prompt
@@ -126,99 +145,85 @@ class Profiler:
             generator = kwargs.get("generator")
             if generator is None:
                 generator = next((a for a in args if isinstance(a, (torch.Generator, list))), None)
-            if isinstance(generator, list):
-                generator = generator[0] if generator else None
-            self._seed_of_run = int(generator.initial_seed()) if isinstance(generator, torch.Generator) else -1
+            gens = generator if isinstance(generator, list) else [generator]
+            self._seeds = [int(g.initial_seed()) if isinstance(g, torch.Generator) else -1 for g in gens]
             return original(*args, **kwargs)
 
         return prepare_latents
 
     # ------------------------------------------------------------------------------------ recording
-    def _reset_run(self) -> None:
-        self._run_steps: list[np.ndarray] = []  # per step: [Br, B, F, _VEC_LEN]
-        self._run_timesteps: list[float] = []
-        self._run_done = False
-        self._step_buf: torch.Tensor | None = None
-        self._prev: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # block -> previous step's (dst, sim)
-        self._prompt = getattr(self, "_prompt", "")
-        self._seed_of_run = getattr(self, "_seed_of_run", -1)
+    def _reset_generation(self) -> None:
+        # gen_step -> {"timestep", "component", "branches": {branch: [P, blocks, F, V] array}}
+        self._steps: dict[int, dict] = {}
+        self._call_buf: torch.Tensor | None = None  # [batch, blocks, F, V] of the call in flight
+        self._prev: dict[tuple[str, int], tuple] = {}  # (branch, block) -> (partition, dst, sim) of the last step
+        self._text_len: int | None = None
+        self._grid: tuple[int, int, int] | None = None
+        self._first_rt: Runtime | None = None
 
-    def _matching_layout(self, ctx: RuntimeContext) -> tuple[tuple[int, int, int], int, str]:
-        sched = ctx.schedule
-        stride = self._stride or (tuple(sched.matching.stride) if sched is not None else (2, 2, 2))
-        seed = self._seed if self._seed is not None else (sched.matching.seed if sched is not None else 0)
-        gran = self._granularity or (sched.matching.granularity if sched is not None else "joint")
-        return tuple(stride), int(seed), gran
+    def _layout(self, rt: Runtime) -> tuple[tuple[int, int, int], int, str, str]:
+        m = rt.matching
+        stride = self._stride or tuple(m.stride)
+        seed = m.seed if self._seed is None else int(self._seed)
+        gran = self._granularity or m.granularity
+        # Without a schedule the statistics use one fixed partition per (block, feature): the similarity
+        # distributions do not depend on the draw, and the step-to-step stability needs the same destinations.
+        part = self._partition or (m.partition if rt.schedule is not None else "fixed")
+        return tuple(stride), int(seed), gran, part
 
-    def _branches(self, batch: int) -> list[tuple[str, int]]:
-        """(branch name, sample index) pairs; CogVideoX puts the uncond half of a CFG batch first."""
-        if self._cfg(batch):
-            return [("cond", batch // 2), ("uncond", 0)]
-        return [("cond", 0)]
-
-    def _cfg(self, batch: int) -> bool:
-        cfg = getattr(self.pipe, "do_classifier_free_guidance", None)
-        if cfg is None:
-            cfg = getattr(self.pipe, "_guidance_scale", 1.0) > 1.0
-        return bool(cfg) and batch % 2 == 0
-
-    def _observe(self, block: int, feats: dict[str, torch.Tensor], ctx: RuntimeContext) -> None:
-        """Reduce one block's features to statistics, on the device, batched over features and branches.
-
-        Every (feature, branch) pair has the same number of sources and destinations (they depend only on
-        the grid and stride), so all pairs are matched by one batched matmul per metric and summarised by
-        batched sorts and quantiles: a handful of kernels per block instead of dozens of small ones.
-        """
-        call = ctx.call
+    def _observe(self, block: int, feats: dict[str, torch.Tensor], rt: Runtime) -> None:
+        """Reduce one site's features to statistics for every sample, on the device, batched over features."""
+        call = rt.call
         if call is None:
             return
-        if call.new_generation and block == 0:
-            self._reset_run()
         batch = feats["h"].shape[0]
-        branches = self._branches(batch)
         device = feats["h"].device
-        nb, nf = len(branches), len(_FEATURES)
-        if self._step_buf is None or self._step_buf.device != device or self._step_buf.shape[0] != nb:
-            self._step_buf = torch.full((nb, ctx.num_blocks, nf, _VEC_LEN), float("nan"), device=device)
-        stride, seed, gran = self._matching_layout(ctx)
+        nf = len(_FEATURES)
+        if self._call_buf is None or self._call_buf.device != device or self._call_buf.shape[0] != batch \
+                or self._call_buf.shape[1] != rt.num_blocks:
+            self._call_buf = torch.full((batch, rt.num_blocks, nf, _VEC_LEN), float("nan"), device=device)
+        stride, seed, gran, mode = self._layout(rt)
         grid = call.grid
         n = math.prod(grid)
         edges, qlev = self._constants(device)
-        samples = torch.tensor([sample for _, sample in branches], device=device)
 
-        srcs, dsts, tokens = [], [], []  # one entry per feature: [Br * g, Ns, C], [Br * g, Nd, C], [Br, N, C']
+        srcs, dsts, tokens = [], [], []  # per feature: [batch * g, Ns, C], [batch * g, Nd, C], [batch, N, C']
         for name in _FEATURES:
-            x = feats[name].index_select(0, samples).float()  # [Br, N, C] or [Br, heads, N, D]
-            # The runtime's own partition (its cache too), unless the caller overrode stride or seed.
-            part = ctx.partition(grid, block, _PARTITION_KEY[name], device, stride=stride, seed=seed)
+            x = feats[name].float()  # [B, N, C] or [B, heads, N, D]
+            part = rt.partition(block, name, device, stride=stride, seed=seed, mode=mode)
             srcs.append(matching_features(x, part.src_idx, gran))
             dsts.append(matching_features(x, part.dst_idx, gran))
-            tokens.append(x if x.dim() == 3 else x.transpose(1, 2).reshape(nb, n, -1))
+            tokens.append(x if x.dim() == 3 else x.transpose(1, 2).reshape(batch, n, -1))
+        if part.num_dst == 0:
+            raise ValueError(f"the token grid {grid} has no full stride window {stride}: profile with a smaller stride")
         if len({t.shape[1:] for t in srcs}) == 1:  # joint granularity: every feature has the same width
             e_sim, e_dst, c_sim, _ = best_matches_euclidean_and_cosine(torch.cat(srcs), torch.cat(dsts))
         else:  # per-head matching: widths differ between H and Q/K/V
             parts = [best_matches_euclidean_and_cosine(a, b) for a, b in zip(srcs, dsts)]
             e_sim, e_dst, c_sim = (torch.cat([p[i] for p in parts]) for i in (0, 1, 2))
-        # Rows are ordered (feature, branch[, head]); fold heads into the source axis: [F * Br, Ns * g].
-        rows = nf * nb
+        # Rows are ordered (feature, sample[, head]); fold heads into the source axis: [F * B, Ns * g].
+        rows = nf * batch
         e_sim, e_dst, c_sim = (t.reshape(rows, -1) for t in (e_sim, e_dst, c_sim))
 
         vec = torch.empty((rows, _VEC_LEN), device=device)
         vec[:, _OFF_EU : _OFF_EU + _SIM_LEN] = _sim_stats(e_sim, n, qlev)
         vec[:, _OFF_COS : _OFF_COS + _SIM_LEN] = _sim_stats(c_sim, n, qlev)
-        norms = torch.cat(tokens).norm(dim=-1)  # [F * Br, N]
+        norms = torch.cat(tokens).norm(dim=-1)  # [F * B, N]
         vec[:, _OFF_NQ : _OFF_NQ + _NQ] = torch.quantile(norms, qlev, dim=-1).transpose(0, 1)
         bins = torch.bucketize(norms.clamp(edges[0], edges[-1]), edges, right=True).clamp(1, _NB) - 1
         bins = bins + torch.arange(rows, device=device).unsqueeze(1) * _NB
         vec[:, _OFF_NH : _OFF_NH + _NB] = torch.bincount(bins.flatten(), minlength=rows * _NB).view(rows, _NB).float()
-        prev = self._prev.get(block)
-        if prev is not None and prev[0].shape == e_dst.shape:
-            vec[:, _OFF_ST] = (prev[0] == e_dst).float().mean(-1)
-            vec[:, _OFF_ST + 1] = _corr(prev[1], e_sim)
+        # Stability: the matching against the previous step's, on the same destinations (NaN when the
+        # partition changed, i.e. at the first step and where partitions are redrawn per cache window).
+        key = (call.branch, block)
+        prev = self._prev.get(key)
+        if prev is not None and prev[0] is part and prev[1].shape == e_dst.shape:
+            vec[:, _OFF_ST] = (prev[1] == e_dst).float().mean(-1)
+            vec[:, _OFF_ST + 1] = _corr(prev[2], e_sim)
         else:
             vec[:, _OFF_ST : _OFF_ST + 2] = float("nan")
-        self._prev[block] = (e_dst, e_sim)
-        self._step_buf[:, block] = vec.view(nf, nb, _VEC_LEN).transpose(0, 1)
+        self._prev[key] = (part, e_dst, e_sim)
+        self._call_buf[:, block] = vec.view(nf, batch, _VEC_LEN).transpose(0, 1)
 
     def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Histogram edges and quantile levels on ``device``, built once."""
@@ -229,27 +234,69 @@ class Profiler:
             self._const = cached = (edges, qlev)
         return cached
 
-    def _after_call(self, module: Any, args: tuple, output: Any) -> None:
-        """Once per step: one host copy of the step's statistics; a finished generation goes to the file."""
-        ctx = self._runtime.context
-        if self._step_buf is None or ctx.call is None:
-            return
-        self._run_steps.append(self._step_buf.cpu().numpy().copy())
-        self._run_timesteps.append(ctx.call.timestep)
-        self._step_buf = None
-        timesteps = getattr(self.pipe.scheduler, "timesteps", None)
-        num_steps = len(timesteps) if timesteps is not None else 0
-        if num_steps and len(self._run_steps) == num_steps:
-            self._write_run(ctx, module, args)
-            self._run_done = True
+    def _branch_rows(self, rt: Runtime, batch: int) -> list[tuple[str, slice]]:
+        """Which rows of this call's batch are which CFG branch (each slice holds one row per prompt)."""
+        branch = rt.call.branch
+        if branch in ("cond", "uncond"):
+            return [(branch, slice(0, batch))]
+        cfg = getattr(self.pipe, "do_classifier_free_guidance", None)
+        if cfg is None:
+            cfg = getattr(self.pipe, "_guidance_scale", 1.0) > 1.0
+        if (branch == "cond_uncond" or bool(cfg)) and batch % 2 == 0 and batch >= 2 and \
+                (branch == "cond_uncond" or bool(cfg)):
+            half = batch // 2  # batched CFG: the uncond half comes first
+            return [("cond", slice(half, batch)), ("uncond", slice(0, half))]
+        return [("cond", slice(0, batch))]
 
-    def _write_run(self, ctx: RuntimeContext, module: Any, args: tuple) -> None:
-        steps = np.stack(self._run_steps, axis=1)  # [Br, S, B, F, V]
-        branches = ("cond", "uncond") if steps.shape[0] == 2 else ("cond",)
+    def _after_call(self, rt: Runtime) -> None:
+        """Once per transformer call: one host copy of the call's statistics."""
+        call = rt.call
+        if self._call_buf is None or call is None:
+            return
+        host = self._call_buf.cpu().numpy().copy()
+        self._call_buf = None
+        entry = self._steps.setdefault(call.gen_step, {"timestep": call.timestep, "component": rt.component,
+                                                       "branches": {}})
+        for branch, rows in self._branch_rows(rt, host.shape[0]):
+            entry["branches"][branch] = host[rows]
+        if self._first_rt is None:
+            self._first_rt = rt
+            self._text_len = call.text_len
+            self._grid = call.grid
+
+    def _end_generation(self, rt: Runtime) -> None:
+        """The pipeline finished a generation: write one run per prompt of its batch."""
+        if not self._steps:
+            return
+        steps = sorted(self._steps)
+        try:
+            if steps != list(range(len(steps))):
+                logger.warning("discarding a generation whose steps %s are not consecutive from 0", steps)
+                return
+            branch_sets = {tuple(sorted(self._steps[k]["branches"])) for k in steps}
+            if len(branch_sets) != 1:
+                logger.warning("discarding a generation whose CFG branches change between steps: %s", branch_sets)
+                return
+            branches = ("cond", "uncond") if "uncond" in next(iter(branch_sets)) else ("cond",)
+            # [Br, S, P, B, F, V] -> [P, Br, S, B, F, V]
+            arr = np.stack([np.stack([self._steps[k]["branches"][b] for k in steps]) for b in branches])
+            arr = arr.transpose(2, 0, 1, 3, 4, 5)
+            timesteps = np.asarray([self._steps[k]["timestep"] for k in steps], dtype=np.float64)
+            step_components = [self._steps[k]["component"] for k in steps]
+            if self._writer is None:
+                self._writer = self._open_writer(branches, timesteps, step_components)
+            for i in range(arr.shape[0]):
+                self._write_run(arr[i], timesteps, i)
+        finally:
+            self._reset_generation()
+
+    def _write_run(self, steps: np.ndarray, timesteps: np.ndarray, sample: int) -> None:
+        prompt = self._prompts[sample] if sample < len(self._prompts) else (self._prompts[0] if self._prompts else "")
+        seed = self._seeds[sample] if sample < len(self._seeds) else (self._seeds[0] if self._seeds else -1)
         run = sf.RunStats(
-            prompt=str(self._prompt or ""),
-            seed=int(self._seed_of_run),
-            timesteps=np.asarray(self._run_timesteps, dtype=np.float64),
+            prompt=str(prompt),
+            seed=int(seed),
+            timesteps=timesteps,
             sim_mean={m: steps[..., off] for m, off in (("euclidean", _OFF_EU), ("cosine", _OFF_COS))},
             sim_quantiles={m: steps[..., off + 1 : off + 1 + _NQ] for m, off in (("euclidean", _OFF_EU), ("cosine", _OFF_COS))},
             sim_rate_curve={
@@ -260,32 +307,29 @@ class Profiler:
             stability_same_dst=steps[..., _OFF_ST],
             stability_corr=steps[..., _OFF_ST + 1],
         )
-        if self._writer is None:
-            self._writer = self._open_writer(ctx, branches)
         self._writer.write_run(run)
         self.completed_runs += 1
-        logger.info("profiled run %d (%d steps) into %s", self.completed_runs, steps.shape[1], self.path)
+        logger.info("profiled run %d (%d steps) into %s", self.completed_runs, len(timesteps), self.path)
 
-    def _open_writer(self, ctx: RuntimeContext, branches: tuple[str, ...]) -> sf.StatsWriter:
+    def _open_writer(self, branches: tuple[str, ...], timesteps: np.ndarray, step_components: list[str]) -> sf.StatsWriter:
         pipe = self.pipe
-        grid = ctx.call.grid
-        stride, seed, gran = self._matching_layout(ctx)
-        model = describe_transformer(self.transformer, latent_grid=grid, text_len=self._text_len())
-        vae_s = int(getattr(pipe, "vae_scale_factor_spatial", 8))
-        vae_t = int(getattr(pipe, "vae_scale_factor_temporal", 4))
-        cfg = self.transformer.config
-        latent_frames = grid[0] * temporal_patch_size(cfg)
+        rt = self._first_rt
+        grid = self._grid
+        stride, seed, gran, mode = self._layout(rt)
+        model = rt.adapter.describe(rt.module, latent_grid=grid, text_len=self._text_len)
+        names = tuple(dict.fromkeys(step_components))
         generation = {
-            "height": grid[1] * int(cfg.patch_size) * vae_s,
-            "width": grid[2] * int(cfg.patch_size) * vae_s,
-            "num_frames": (latent_frames - 1) * vae_t + 1,
-            "num_steps": len(self._run_steps),
+            **rt.adapter.generation_size(pipe, rt.module, grid),
+            "num_steps": len(timesteps),
             "guidance_scale": float(getattr(pipe, "_guidance_scale", 1.0) or 1.0),
             "scheduler_class": type(pipe.scheduler).__name__,
             "pipeline_class": type(pipe).__name__,
+            "transformers": list(names),
+            "step_transformer": None if len(names) == 1 else [names.index(c) for c in step_components],
+            "scheduler_config": sampler_config(pipe.scheduler),
         }
-        matching = {"stride": list(stride), "seed": seed, "granularity": gran}
-        schedule = ctx.schedule
+        matching = {"stride": list(stride), "seed": seed, "granularity": gran, "partition": mode}
+        schedule = rt.schedule
         return sf.StatsWriter(
             self.path,
             model=model,
@@ -295,9 +339,6 @@ class Profiler:
             profiled_schedule=schedule.tag if schedule is not None else None,
             mode=self.mode,
         )
-
-    def _text_len(self) -> int:
-        return int(getattr(self.transformer.config, "max_text_seq_length", 226))
 
 
 def _sim_stats(sim: torch.Tensor, n_tokens: int, qlev: torch.Tensor) -> torch.Tensor:

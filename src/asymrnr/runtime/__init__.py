@@ -1,7 +1,8 @@
-"""Runtime: apply a schedule during generation, removable in one call."""
+"""Runtime: apply a schedule during generation, removable in one call (diffusers hooks + per-family processors)."""
 
-from .apply import apply, remove, installed
-from .processor import AsymRnRAttnProcessor
-from .state import BlockPlan, RuntimeContext
+from .apply import apply, installed, remove, runtimes
+from .context import BlockPlan, Runtime, RuntimeContext
+from .hook import HOOK_NAME, AsymRnRHook
 
-__all__ = ["apply", "remove", "installed", "AsymRnRAttnProcessor", "BlockPlan", "RuntimeContext"]
+__all__ = ["apply", "remove", "installed", "runtimes", "BlockPlan", "Runtime", "RuntimeContext", "HOOK_NAME",
+           "AsymRnRHook"]

@@ -1,173 +1,231 @@
-"""apply / remove: put AsymRnR on a CogVideoX pipeline or transformer, and take it off in one call.
+"""apply / remove: put AsymRnR on a pipeline or transformer of any supported family, and take it off in one call.
 
-``apply`` swaps the attention processor of every block for an :class:`AsymRnRAttnProcessor` and registers
-one forward pre-hook on the transformer that tells the shared :class:`RuntimeContext` which step each call
-is. ``remove`` puts the original processors back and removes the hook; nothing else is touched, so the
-model computes exactly what it computed before.
+``apply`` replaces the processor of every self-attention site of every transformer component (Wan 2.2 has
+two) by the family's AsymRnR processor and registers one :class:`~asymrnr.runtime.hook.AsymRnRHook` per
+component in diffusers' ``HookRegistry``. ``remove`` puts the original processors back and removes the
+hooks; nothing else is touched, so the model computes exactly what it computed before. The profiler uses
+the same installation (an owner refcount lets a schedule and the profiler coexist).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import weakref
 from typing import Any
 
-from ..arch import attention_modules, check_supported, describe_transformer, grid_from_latents
-from ..errors import ScheduleMismatchError
-from .processor import AsymRnRAttnProcessor
-from .state import RuntimeContext
+from .. import archs
+from ..errors import AsymRnRError, ScheduleMismatchError
+from .context import Runtime, check_sampler
+from .hook import AsymRnRHook, find_hook, register, unregister
 
 logger = logging.getLogger(__name__)
 
-# Attribute under which the installed runtime lives on the transformer (one per transformer).
-RUNTIME_ATTR = "_asymrnr_runtime"
-_SUPPORTED_PROCESSORS = ("CogVideoXAttnProcessor2_0",)
+_FUSED_HINT = ("If you fused the projections, call transformer.unfuse_qkv_projections() before asymrnr.apply; if "
+               "another library replaced the processors, remove it first")
 
 
-@dataclass
-class InstalledRuntime:
-    """What ``install`` changed on a transformer, so that ``uninstall`` can undo exactly that."""
-
-    context: RuntimeContext
-    original_processors: dict[str, Any]
-    hook_handle: Any
-    owners: set  # "schedule" and/or "profiler": who needs the processors installed
-
-
-def _split(pipe_or_transformer: Any) -> tuple[Any, Any]:
-    """Return ``(transformer, scheduler or None)`` of a pipeline or a bare transformer."""
-    transformer = getattr(pipe_or_transformer, "transformer", None)
-    if transformer is not None and hasattr(pipe_or_transformer, "scheduler"):
-        return transformer, pipe_or_transformer.scheduler
-    if hasattr(pipe_or_transformer, "config") and hasattr(pipe_or_transformer, "forward"):
-        return pipe_or_transformer, None
-    raise TypeError(
-        f"expected a diffusers CogVideoX pipeline or CogVideoXTransformer3DModel, got {type(pipe_or_transformer).__name__}"
-    )
-
-
-def _module(transformer: Any) -> Any:
+def unwrap(transformer: Any) -> Any:
     """The real module behind a torch.compile wrapper (hooks and processors live there)."""
     return getattr(transformer, "_orig_mod", transformer)
 
 
-def _pre_hook(module: Any, args: tuple, kwargs: dict) -> None:
-    runtime: InstalledRuntime = getattr(module, RUNTIME_ATTR)
-    hidden_states = kwargs.get("hidden_states", args[0] if args else None)
-    timestep = kwargs.get("timestep", args[2] if len(args) > 2 else None)
-    grid = grid_from_latents(module, hidden_states.shape)
-    runtime.context.begin_call(timestep, grid, hidden_states.device)
+def is_pipeline(obj: Any) -> bool:
+    return hasattr(obj, "scheduler") and hasattr(obj, "components")
 
 
-def installed(pipe_or_transformer: Any) -> InstalledRuntime | None:
-    transformer, _ = _split(pipe_or_transformer)
-    return getattr(_module(transformer), RUNTIME_ATTR, None)
+def components(pipe_or_transformer: Any) -> tuple[Any, list[tuple[str, Any]]]:
+    """``(pipeline or None, [(component name, transformer module), ...])`` of a pipeline or a bare transformer."""
+    if is_pipeline(pipe_or_transformer):
+        pipe = pipe_or_transformer
+        adapter = archs.adapter_for(pipe)
+        found = [(name, unwrap(getattr(pipe, name))) for name in adapter.components
+                 if getattr(pipe, name, None) is not None]
+        if not found:
+            raise TypeError(f"{type(pipe).__name__} has no transformer (pipe.transformer is None)")
+        return pipe, found
+    if hasattr(pipe_or_transformer, "config") and hasattr(pipe_or_transformer, "forward"):
+        return None, [("transformer", unwrap(pipe_or_transformer))]
+    raise TypeError(
+        f"expected a diffusers video pipeline or transformer, got {type(pipe_or_transformer).__name__}; pass the "
+        "pipeline (or pipeline.transformer)"
+    )
 
 
-def install(pipe_or_transformer: Any, owner: str) -> InstalledRuntime:
-    """Install the processors and the step hook (once per transformer), and register ``owner``."""
-    transformer, scheduler = _split(pipe_or_transformer)
-    module = _module(transformer)
-    check_supported(module)
-    runtime = getattr(module, RUNTIME_ATTR, None)
-    if runtime is None:
-        originals = dict(module.attn_processors)
-        attn = attention_modules(module)
-        for name, _ in attn:
-            kind = type(originals[name]).__name__
-            if kind not in _SUPPORTED_PROCESSORS:
+def runtimes(pipe_or_transformer: Any) -> dict[str, Runtime]:
+    """The installed runtime of every transformer component (empty when asymrnr is not applied)."""
+    _, comps = components(pipe_or_transformer)
+    out = {}
+    for name, module in comps:
+        hook = find_hook(module)
+        if hook is not None:
+            out[name] = hook.runtime
+    return out
+
+
+def installed(pipe_or_transformer: Any) -> Runtime | None:
+    """The runtime of the first transformer component, or ``None``."""
+    found = runtimes(pipe_or_transformer)
+    return next(iter(found.values()), None)
+
+
+def _install_one(adapter, module: Any, name: str, pipe: Any, owner: str) -> Runtime:
+    hook = find_hook(module)
+    if hook is None:
+        sites = adapter.sites(module)
+        originals = {}
+        for site in sites:
+            proc = site.module.processor
+            kind = type(proc).__name__
+            if kind not in adapter.supported_processors:
                 raise ScheduleMismatchError(
-                    f"{name} uses {kind}; asymrnr patches {', '.join(_SUPPORTED_PROCESSORS)} only. If you fused "
-                    "the projections, call transformer.unfuse_qkv_projections() before asymrnr.apply"
+                    f"{name}.{site.path} uses {kind}; asymrnr's {adapter.family} adapter replaces "
+                    f"{', '.join(adapter.supported_processors)} only. {_FUSED_HINT}"
                 )
-        context = RuntimeContext(len(attn), scheduler=scheduler)
-        processors = dict(originals)
-        for index, (name, _) in enumerate(attn):
-            processors[name] = AsymRnRAttnProcessor(index, context, originals[name])
-        module.set_attn_processor(processors)
-        handle = module.register_forward_pre_hook(_pre_hook, with_kwargs=True)
-        runtime = InstalledRuntime(context, originals, handle, set())
-        setattr(module, RUNTIME_ATTR, runtime)
-    elif scheduler is not None:
-        runtime.context.scheduler = scheduler
-    runtime.owners.add(owner)
-    return runtime
+            originals[site.processor_name] = proc
+        runtime = Runtime(adapter, module, name, sites, pipe)
+        for site in sites:
+            proc = adapter.make_processor(site, runtime, originals[site.processor_name])
+            site.module.processor = proc
+            runtime.processors[site.processor_name] = proc
+        hook = AsymRnRHook(runtime, originals)
+        register(module, hook)
+    elif pipe is not None:
+        hook.runtime._pipe = weakref.ref(pipe)
+    hook.owners.add(owner)
+    return hook.runtime
+
+
+def install(pipe_or_transformer: Any, owner: str) -> list[Runtime]:
+    """Install processors and hooks on every transformer component (once each) and register ``owner``."""
+    pipe, comps = components(pipe_or_transformer)
+    done = []
+    try:
+        for name, module in comps:
+            adapter = archs.adapter_for(module)
+            done.append((name, module, _install_one(adapter, module, name, pipe, owner)))
+    except BaseException:
+        for _, module, _ in done:
+            _uninstall_one(module, owner)
+        raise
+    return [rt for _, _, rt in done]
+
+
+def _uninstall_one(module: Any, owner: str) -> None:
+    hook = find_hook(module)
+    if hook is None:
+        return
+    hook.owners.discard(owner)
+    if hook.owners:
+        return
+    for site in hook.runtime.sites:
+        site.module.processor = hook.originals[site.processor_name]
+    unregister(module)
+    hook.runtime.end_generation()
 
 
 def uninstall(pipe_or_transformer: Any, owner: str) -> None:
     """Unregister ``owner``; when nobody needs the runtime any more, restore the model exactly."""
-    transformer, _ = _split(pipe_or_transformer)
-    module = _module(transformer)
-    runtime: InstalledRuntime | None = getattr(module, RUNTIME_ATTR, None)
-    if runtime is None:
-        return
-    runtime.owners.discard(owner)
-    if runtime.owners:
-        return
-    module.set_attn_processor(runtime.original_processors)
-    runtime.hook_handle.remove()
-    runtime.context.reset()
-    delattr(module, RUNTIME_ATTR)
+    _, comps = components(pipe_or_transformer)
+    for _, module in comps:
+        _uninstall_one(module, owner)
 
 
-def check_schedule_fits(schedule: Any, transformer: Any) -> None:
+def check_schedule_fits(schedule: Any, module: Any, component: str = "transformer") -> None:
     """Raise :class:`ScheduleMismatchError` naming both values when the schedule was made for another model."""
-    module = _module(transformer)
-    have = describe_transformer(module)
+    adapter = archs.adapter_for(module)
+    have = adapter.describe(module)
     want = schedule.model
     rerun = "re-run `asymrnr-calibrate` for this model (or pass the schedule made for it)"
+    if want.family != have.family:
+        raise ScheduleMismatchError(
+            f"schedule {schedule.tag} was calibrated for a {want.family} model ({want.transformer_class}), but this "
+            f"is a {have.family} model ({have.transformer_class}); {rerun}"
+        )
     checks = [
         ("transformer class", want.transformer_class, have.transformer_class),
         ("blocks", want.num_blocks, have.num_blocks),
         ("attention heads", want.num_heads, have.num_heads),
         ("head dim", want.head_dim, have.head_dim),
-        ("patch size", want.patch_size, have.patch_size),
-        ("temporal patch size", want.patch_size_t, have.patch_size_t),
+        ("patch size (t, h, w)", tuple(want.patch_size), tuple(have.patch_size)),
         ("rotary embeddings", want.rope, have.rope),
+        ("block kinds", want.kinds(), have.kinds()),
     ]
+    if want.text_layout != "none" or have.text_layout != "none":
+        checks.append(("text layout", want.text_layout, have.text_layout))
     for what, schedule_value, model_value in checks:
         if schedule_value != model_value:
             raise ScheduleMismatchError(
-                f"schedule {schedule.tag} was calibrated for {what} = {schedule_value}, this transformer has "
+                f"schedule {schedule.tag} was calibrated for {what} = {schedule_value}, this {component} has "
                 f"{what} = {model_value}; {rerun}"
             )
 
 
-def apply(pipe_or_transformer: Any, schedule: Any, *, resample_steps: bool = False) -> RuntimeContext:
-    """Run ``schedule`` on every generation of a CogVideoX pipeline or transformer until :func:`remove`.
+def apply(pipe_or_transformer: Any, schedule: Any = None, *, resample_steps: bool = False,
+          strict_sampler: bool = True, **uniform: Any) -> Runtime:
+    """Run ``schedule`` on every generation of a pipeline or transformer until :func:`remove`.
 
-    Applying again replaces the previous schedule. The schedule's model description must match the
-    transformer (blocks, heads, head dim, patching, RoPE). A generation with another number of inference
-    steps than the schedule's is an error unless ``resample_steps=True``, which maps every step of the new
-    sampler to the schedule step with the nearest timestep.
+    Applying again replaces the previous schedule. The schedule must fit the model (family, blocks, heads,
+    head dim, patching, RoPE) and the pipeline's sampler (scheduler class and the settings that change its
+    timesteps); a generation with another number of inference steps is an error unless
+    ``resample_steps=True``, which maps every step of the new sampler to the schedule step with the nearest
+    timestep. ``strict_sampler=False`` turns a sampler mismatch into a warning.
+
+    Without a schedule, keyword rates build a uniform one for the pipeline's next call:
+    ``apply(pipe, q=0.5, kv=0.5, num_inference_steps=50)`` (see :func:`asymrnr.uniform`).
 
     Returns:
-        The runtime context (its ``match_log`` and ``call`` are useful for logging and tests).
+        The runtime of the (first) transformer component: its ``match_log`` and ``call`` are useful for
+        logs and tests.
     """
     from ..schedule_format import Schedule
 
+    if schedule is None and uniform:
+        from .uniform import uniform_schedule
+
+        schedule = uniform_schedule(pipe_or_transformer, **uniform)
+    elif uniform:
+        raise TypeError(f"apply() got rates {sorted(uniform)} together with a schedule; pass one or the other")
     if not isinstance(schedule, Schedule):
         raise TypeError(
-            f"expected an asymrnr.Schedule, got {type(schedule).__name__}; load one with asymrnr.load_schedule(path)"
+            f"expected an asymrnr.Schedule, got {type(schedule).__name__}; load one with asymrnr.load_schedule(path), "
+            "or pass rates: asymrnr.apply(pipe, q=0.5, kv=0.5)"
         )
-    transformer, _ = _split(pipe_or_transformer)
-    check_supported(_module(transformer))
-    check_schedule_fits(schedule, transformer)
-    runtime = install(pipe_or_transformer, owner="schedule")
-    runtime.context.set_schedule(schedule, resample_steps=resample_steps)
+    pipe, comps = components(pipe_or_transformer)
+    wanted = set(schedule.sampler.transformers)
+    for name, module in comps:
+        check_schedule_fits(schedule, module, name)
+    if pipe is not None:
+        present = {name for name, _ in comps}
+        missing = wanted - present
+        if missing:
+            raise ScheduleMismatchError(
+                f"schedule {schedule.tag} runs {', '.join(sorted(wanted))}, but this pipeline has no "
+                f"{', '.join(sorted(missing))}; load the pipeline the schedule was calibrated with"
+            )
+        check_sampler(schedule, pipe.scheduler, strict=strict_sampler, resample=True)
+    rts = install(pipe_or_transformer, owner="schedule")
+    for rt in rts:
+        rt.set_schedule(schedule, resample_steps=resample_steps, strict_sampler=strict_sampler)
     if all(r == 0.0 for f in ("q", "kv", "h") for row in schedule.rates[f] for r in row):
         logger.warning("schedule %s reduces nothing: generation will not be faster", schedule.tag)
-    logger.info("applied schedule %s (%d blocks, %d steps)", schedule.tag, schedule.num_blocks, schedule.num_steps)
-    return runtime.context
+    logger.info("applied schedule %s (%d blocks, %d steps) to %s", schedule.tag, schedule.num_blocks,
+                schedule.num_steps, ", ".join(rt.component for rt in rts))
+    return rts[0]
 
 
 def remove(pipe_or_transformer: Any) -> None:
-    """Take the schedule off; restores the original attention processors and removes the hook.
+    """Take the schedule off; restores the original attention processors and removes the hooks.
 
     A profiler still recording keeps its observation hooks until its ``with`` block ends.
     """
-    runtime = installed(pipe_or_transformer)
-    if runtime is None:
+    try:
+        found = runtimes(pipe_or_transformer)
+    except AsymRnRError:
         return
-    runtime.context.set_schedule(None)
+    for rt in found.values():
+        rt.set_schedule(None)
     uninstall(pipe_or_transformer, owner="schedule")
+
+
+__all__ = ["apply", "remove", "install", "uninstall", "installed", "runtimes", "components", "check_schedule_fits",
+           "unwrap"]
