@@ -3,20 +3,26 @@ redundant), the budget search, presets, and the text summary."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
 from asymrnr.flops import rate_ceiling, schedule_flops
+from asymrnr.formats.descriptions import MatchingSettings as V2Matching
+from asymrnr.formats.descriptions import SamplerDescription as V2Sampler
 from asymrnr.inspect_text import NOT_FASTER, schedule_summary, schedule_warnings
 from asymrnr.planner import (
     PRESETS,
     FeaturePolicy,
     PlannerError,
     PlannerPolicy,
+    matching_fields,
     plan_schedule,
     rank_positions,
+    sampler_fields,
+    schedule_shape_summary,
 )
 from asymrnr.profiler.stats_format import NORM_BIN_EDGES, QUANTILE_LEVELS, RATE_LEVELS, StatsData
 from asymrnr.schedule_format import MatchingSettings, ModelDescription, SamplerDescription, Schedule, load_schedule
@@ -176,14 +182,43 @@ def test_rates_constant_within_cache_windows(cvx_stats, cache_steps):
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_q_never_exceeds_kv_under_default_policy(cvx_stats, name):
-    res = plan_schedule(cvx_stats, preset=name)
-    q, kv = rates(res, "q"), rates(res, "kv")
+def test_q_at_most_kv_option_caps_q_at_kv(cvx_stats, name):
+    # Adapted from test_q_never_exceeds_kv_under_default_policy: Q <= K/V is an option now, off by default.
+    capped = plan_schedule(cvx_stats, policy=PlannerPolicy(strength=PRESETS[name].strength, q_at_most_kv=True))
+    q, kv = rates(capped, "q"), rates(capped, "kv")
     assert q.any() and np.all(q <= kv)
-    assert q.max() <= PRESETS[name].q.max_rate < PRESETS[name].kv.max_rate
-    # The coupling is what guarantees it: without it these statistics (Q and V disagree) give Q > K/V somewhere.
-    free = plan_schedule(cvx_stats, policy=PlannerPolicy(strength=PRESETS[name].strength, q_at_most_kv=False))
+    assert q.max() <= PRESETS[name].q.max_rate
+    # The coupling is what guarantees it: without it (the default) these statistics give Q > K/V somewhere.
+    free = plan_schedule(cvx_stats, preset=name)
+    assert not PRESETS[name].q_at_most_kv
     assert np.any(rates(free, "q") > rates(free, "kv"))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_default_policy_reduces_q_hard_where_redundant_and_never_where_not(cvx_stats, name):
+    """Paper Table 2 / Sec. 4.3: Q takes 80 % where it is redundant, nothing in low-similarity cells."""
+    res = plan_schedule(cvx_stats, preset=name)
+    q, kv, score = rates(res, "q"), rates(res, "kv"), res.scores["q"]
+    top = score >= np.nanquantile(score, 0.9)  # the 10 % most similar Q cells
+    assert np.all(q[top] >= 0.7)  # hard in the most redundant cells...
+    assert q.max() > kv.max()  # ...above anything K/V gets...
+    assert np.mean(q > kv) >= 0.2  # ...and above K/V in about the reference's share of cells (27 %)
+    floor = PRESETS[name].q.min_score
+    assert floor > 0 and not q[score < floor].any()
+    # The floor holds at full strength and under a budget too: only K/V and the redundant Q cells grow.
+    for strongest in (plan_schedule(cvx_stats, policy=PlannerPolicy(strength=1.0)),
+                      plan_schedule(cvx_stats, target_speedup=1.35)):
+        assert not rates(strongest, "q")[strongest.scores["q"] < floor].any()
+        assert rates(strongest, "q").max() <= 0.8
+
+
+def test_min_score_keeps_q_untouched_in_low_similarity_cells(gt_stats):
+    # At full strength the Q fraction (54 %) is far above the redundant share (25 %): the floor, not the
+    # fraction, is what keeps the non-redundant cells unreduced.
+    res = plan_schedule(gt_stats, policy=PlannerPolicy(strength=1.0), cache_steps=CS)
+    np.testing.assert_array_equal(rates(res, "q") > 0, gt_mask(GT_Q))
+    no_floor = PlannerPolicy(strength=1.0, q=FeaturePolicy(**{**PRESETS["base"].q.to_dict(), "min_score": 0.0}))
+    assert (rates(plan_schedule(gt_stats, policy=no_floor, cache_steps=CS), "q") > 0).sum() > gt_mask(GT_Q).sum()
 
 
 def test_never_exceeds_ceiling_or_max_rate():
@@ -271,6 +306,48 @@ def test_presets_ordered_and_near_the_paper(cvx_stats, cvx_agree_stats):
     assert 0.3 <= np.mean(rates(base, "kv") > 0) <= 0.45
 
 
+def test_presets_have_the_shape_of_the_authors_shipped_schedules(cvx_stats, cvx_agree_stats):
+    """The authors' CogVideoX-2B base: Q in 27 % of cells (mean 0.18, at 0.4 / 0.8), V in 30 % (mean 0.09)
+    at 1.160x; fast at 1.203x (paper Table 1, FLOPs)."""
+    for stats in (cvx_stats, cvx_agree_stats):
+        base = schedule_shape_summary(plan_schedule(stats, preset="base").schedule)
+        q, kv = base["features"]["q"], base["features"]["kv"]
+        assert 0.22 <= q["cells"] <= 0.32 and 0.12 <= q["mean_rate"] <= 0.22
+        assert 0.25 <= kv["cells"] <= 0.45 and kv["mean_rate"] <= 0.15
+        assert q["mean_reduced_rate"] > kv["mean_reduced_rate"]  # Q hard where reduced, K/V moderate
+        fast = plan_schedule(stats, preset="fast")
+        assert 1.16 <= fast.predicted_speedup <= 1.25  # paper "Ours-fast": 12.000 / 9.976 = 1.203x
+    # Q heavily in the shallow blocks at every step and in the deep blocks at early steps (Fig. 5-like map).
+    q = schedule_shape_summary(plan_schedule(cvx_stats, preset="base").schedule)["features"]["q"]
+    assert set(q["every_step_blocks"]) >= {0, 1, 2, 3}
+    deep = q["cells_grid"][2]
+    assert deep[0] > 0.5 > deep[-1]
+
+
+def test_schedule_shape_summary_counts_cells_rates_and_places():
+    q = np.zeros((6, 10))
+    q[0, :] = 0.8  # shallow block 0 at every step
+    q[5, :2] = 0.4  # deep block 5, first two steps
+    kv = np.zeros((6, 10))
+    kv[0:2, 5:] = 0.3
+    sh = schedule_shape_summary({"q": q, "kv": kv, "h": np.zeros((6, 10))}, step_ranges=2)
+    assert (sh["num_blocks"], sh["num_steps"]) == (6, 10)
+    assert sh["block_groups"] == ["shallow (0-1)", "intermediate (2-3)", "deep (4-5)"]
+    assert sh["step_ranges"] == ["0-4", "5-9"]
+    assert set(sh["features"]) == {"q", "kv"}  # h reduces nothing: left out
+    fq = sh["features"]["q"]
+    assert fq["cells"] == pytest.approx(12 / 60) and fq["mean_rate"] == pytest.approx((8 + 0.8) / 60, abs=1e-4)
+    assert fq["mean_reduced_rate"] == pytest.approx(8.8 / 12, abs=1e-4) and fq["max_rate"] == 0.8
+    assert fq["levels"] == {"0.40": pytest.approx(2 / 60, abs=1e-4), "0.80": pytest.approx(10 / 60, abs=1e-4)}
+    assert fq["every_step_blocks"] == [0]
+    assert fq["by_blocks"]["shallow (0-1)"] == {"cells": 0.5, "mean_rate": 0.4}
+    assert fq["cells_grid"] == [[0.5, 0.5], [0.0, 0.0], [0.2, 0.0]]
+    assert sh["q_vs_kv"] == {"q_above_kv": pytest.approx(12 / 60, abs=1e-4), "q_only": pytest.approx(7 / 60, abs=1e-4),
+                             "kv_only": pytest.approx(5 / 60, abs=1e-4), "both": pytest.approx(5 / 60, abs=1e-4)}
+    with pytest.raises(PlannerError, match="one shape"):
+        schedule_shape_summary({"q": q, "kv": kv[:, :5]})
+
+
 # --------------------------------------------------------------------------- schedule and provenance
 
 
@@ -281,7 +358,8 @@ def test_schedule_carries_stats_metadata_and_round_trips(gt_stats, tmp_path):
     assert sch.sampler.scheduler_class == "CogVideoXDDIMScheduler"
     assert sch.sampler.num_steps == S
     assert sch.sampler.timesteps == tuple(float(t) for t in gt_stats.timesteps[0])
-    assert sch.matching == MatchingSettings(metric="cosine", stride=(2, 2, 2), cache_steps=CS, seed=7)
+    # granularity: the planner's default is the paper's per-head matching now (the statistics say "joint").
+    assert sch.matching == MatchingSettings(metric="cosine", stride=(2, 2, 2), cache_steps=CS, seed=7, granularity="head")
     prov = sch.provenance
     assert prov["source"] == "planner" and prov["notes"] == "unit test"
     assert prov["planner"]["preset"] == "base"
@@ -289,6 +367,63 @@ def test_schedule_carries_stats_metadata_and_round_trips(gt_stats, tmp_path):
     assert len(prov["stats"]["digest"]) == 12 and prov["stats"]["num_runs"] == 3
     loaded = load_schedule(sch.save(tmp_path / "s.json"))
     assert loaded.tag == sch.tag and loaded.rates == sch.rates
+
+
+def _has_field(cls, name):
+    return name in {f.name for f in dataclasses.fields(cls)}
+
+
+def test_matching_defaults_to_the_papers_layout_and_records_the_statistics_own(gt_stats):
+    res = plan_schedule(gt_stats, preset="base", cache_steps=CS)
+    assert res.schedule.matching.granularity == "head"
+    if _has_field(MatchingSettings, "partition"):  # schedule format v2
+        assert res.schedule.matching.partition == "window"
+    prov = res.schedule.provenance
+    assert prov["planner"]["matching"] == {"granularity": "head", "partition": "window"}
+    assert prov["stats"]["matching"] == {"stride": [2, 2, 2], "seed": 7, "granularity": "joint"}
+    joint = plan_schedule(gt_stats, preset="base", cache_steps=CS, granularity="joint", partition="fixed")
+    assert joint.schedule.matching.granularity == "joint"
+    assert joint.schedule.provenance["planner"]["matching"] == {"granularity": "joint", "partition": "fixed"}
+    assert joint.schedule.rates == res.schedule.rates  # the layout changes how tokens are matched, not the rates
+    with pytest.raises(PlannerError, match="granularity 'token'.*head, joint"):
+        plan_schedule(gt_stats, granularity="token")
+    with pytest.raises(PlannerError, match="partition 'random'.*window, fixed"):
+        plan_schedule(gt_stats, partition="random")
+    # The fields are valid version-2 matching settings (with the statistics' stride and seed).
+    v2 = V2Matching(**matching_fields(gt_stats, metric="cosine", cache_steps=CS, partition="fixed"))
+    assert v2 == V2Matching(metric="cosine", stride=(2, 2, 2), cache_steps=CS, seed=7, granularity="head",
+                            partition="fixed")
+    # Statistics recorded with a layout keep it in the provenance as they wrote it.
+    stats = StatsData(**{**gt_stats.__dict__, "matching": {**gt_stats.matching, "granularity": "head", "partition": "window"}})
+    assert plan_schedule(stats, cache_steps=CS).schedule.provenance["stats"]["matching"]["partition"] == "window"
+
+
+def test_two_expert_statistics_carry_their_transformers_into_the_sampler(gt_stats):
+    step_transformer = [0] * 6 + [1] * (S - 6)  # Wan 2.2: transformer (high noise), then transformer_2
+    config = {"shift": 5.0, "num_train_timesteps": 1000}
+    gen = {**gt_stats.generation, "scheduler_class": "UniPCMultistepScheduler", "transformers": ["transformer", "transformer_2"],
+           "step_transformer": step_transformer, "scheduler_config": config}
+    stats = StatsData(**{**gt_stats.__dict__, "generation": gen})
+    fields = sampler_fields(stats)
+    assert fields["transformers"] == ("transformer", "transformer_2")
+    assert fields["step_transformer"] == tuple(step_transformer)
+    assert fields["config"] == config and fields["num_steps"] == S
+    V2Sampler(**fields)  # valid version-2 sampler fields
+    res = plan_schedule(stats, preset="base", cache_steps=CS)
+    sampler = res.schedule.sampler
+    for key, value in (("transformers", fields["transformers"]), ("step_transformer", fields["step_transformer"]),
+                       ("config", config)):
+        if _has_field(type(sampler), key):  # schedule format v2
+            assert getattr(sampler, key) == value
+    assert res.schedule.provenance["stats"]["generation"]["step_transformer"] == step_transformer
+    # One plan over the whole [blocks, steps] table: the same cells as without the expert split.
+    assert res.schedule.rates == plan_schedule(gt_stats, preset="base", cache_steps=CS).schedule.rates
+    # Version-1 statistics: no such keys, one transformer.
+    plain = sampler_fields(gt_stats)
+    assert "transformers" not in plain and "step_transformer" not in plain and plain["config"] == {}
+    bad = StatsData(**{**gt_stats.__dict__, "generation": {**gen, "step_transformer": [0, 1]}})
+    with pytest.raises(PlannerError, match="step_transformer has 2 entries"):
+        plan_schedule(bad, cache_steps=CS)
 
 
 def test_plans_for_another_sampler_by_timestep():

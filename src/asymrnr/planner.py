@@ -9,10 +9,14 @@ share V's matching, paper Sec. 4.3) the planner
    rates are constant where one matching is reused;
 3. standardises the window scores to [0, 1] (min-max over all measured cells of that feature);
 4. ranks the cells (each window weighs its number of steps; ties share one rank) and reduces the top
-   ``fraction`` of them; within the reduced cells, tiers by rank (most similar first) get rates from a
-   tier table, so the rate of a reduced cell grows with its similarity;
-5. caps every rate at the policy's ``max_rate`` and at the matching ceiling ``N_src / N``; under the
-   default policy Q is additionally capped by the K/V rate of the same cell (``q_at_most_kv``).
+   ``fraction`` of them whose standardised score is at least ``min_score``; within the reduced cells,
+   tiers by rank (most similar first) get rates from a tier table, so the rate of a reduced cell grows
+   with its similarity;
+5. caps every rate at the policy's ``max_rate`` and at the matching ceiling ``N_src / N``; with
+   ``q_at_most_kv`` (off by default) Q is additionally capped by the K/V rate of the same cell.
+
+The default policy follows the paper (Table 2, Sec. 4.3): Q is reduced *hard* (up to 0.8) in the few most
+redundant cells and never in low-similarity cells, K/V moderately in more cells.
 
 A single scalar ``strength`` in [0, 1] moves every knob monotonically (fractions and tier rates are
 interpolated between their strength-0 and strength-1 values), so the predicted FLOPs speedup is a
@@ -34,13 +38,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from . import flops as _flops
+from . import vocab
 from .errors import AsymRnRError
-from .flops import FlopsReport, rate_ceiling, rates_flops
+from .flops import FlopsReport, rates_flops
 
 logger = logging.getLogger(__name__)
 
 #: Schedule feature -> statistics feature its similarity is read from.
-SOURCE_FEATURE = {"q": "q", "kv": "v"}
+SOURCE_FEATURE = {f: vocab.SOURCE_FEATURE[f] for f in ("q", "kv")}
 PLANNED_FEATURES = ("q", "kv")
 AGGREGATES = ("mean", "min", "median")
 #: Relative tolerance of the budget search (``|achieved - target| / target``).
@@ -146,20 +152,27 @@ class FeaturePolicy:
         )
 
 
-#: Q: conservative (paper Fig. 7: Q degrades first when reduced blindly). At most 60 % of the cells (the
-#: paper's example, Sec. 3.4), two tiers, rates up to 0.6.
+#: Q: hard where it is redundant, untouched elsewhere (paper Table 2 and Sec. 4.3: Q is the most sensitive
+#: feature in low-similarity cells, 10 % there already blurs, but takes 80 % in high-similarity cells
+#: without visible artifacts). At most 54 % of the cells (27 % at the ``base`` strength, the share of the
+#: authors' shipped CogVideoX-2B ``base``), two tiers of equal size: the most similar at 0.7 -> 0.8, the
+#: rest at 0.2 -> 0.6 (0.75 / 0.4 at ``base``; shipped: 0.8 / 0.4). ``min_score`` 0.3: a cell in the
+#: lowest 30 % of the similarity range is never reduced for Q, whatever the strength or the budget.
 DEFAULT_Q = FeaturePolicy(
-    fraction=(0.0, 0.6),
+    fraction=(0.0, 0.54),
     tier_edges=(0.5, 1.0),
-    tier_rates=((0.3, 0.6), (0.2, 0.5)),
-    max_rate=0.6,
-)
-#: K/V (matched on V, the most robust feature): up to 80 % of the cells, three tiers, rates up to 0.8.
-DEFAULT_KV = FeaturePolicy(
-    fraction=(0.0, 0.8),
-    tier_edges=(1 / 3, 2 / 3, 1.0),
-    tier_rates=((0.4, 0.8), (0.3, 0.7), (0.2, 0.6)),
+    tier_rates=((0.7, 0.8), (0.2, 0.6)),
     max_rate=0.8,
+    min_score=0.3,
+)
+#: K/V (matched on V, the most robust feature alone, paper Fig. 7): moderate rates in more cells. Up to
+#: 72 % of the cells (36 % at ``base``; the Q / KV fraction ratio is 3/4), three tiers at
+#: 0.2 -> 0.6, 0.15 -> 0.45, 0.1 -> 0.3 (0.4 / 0.3 / 0.2 at ``base``; shipped: 0.3).
+DEFAULT_KV = FeaturePolicy(
+    fraction=(0.0, 0.72),
+    tier_edges=(1 / 3, 2 / 3, 1.0),
+    tier_rates=((0.2, 0.6), (0.15, 0.45), (0.1, 0.3)),
+    max_rate=0.6,
 )
 
 
@@ -171,8 +184,9 @@ class PlannerPolicy:
         strength: 0 reduces nothing (with the default tables), 1 is the most aggressive schedule of the
             policy; fractions and tier rates grow monotonically with it.
         q, kv: per-feature :class:`FeaturePolicy`.
-        q_at_most_kv: cap the Q rate of every cell at the K/V rate of the same cell (Q is the more fragile
-            feature; with it, Q is reduced only where K/V is).
+        q_at_most_kv: cap the Q rate of every cell at the K/V rate of the same cell (Q reduced only where
+            K/V is, never more). Off by default: the paper reduces Q *above* K/V in the most redundant
+            cells (the authors' shipped schedules: Q 0.4 / 0.8, V 0.3). A conservative variant.
         aggregate: how a cache window's per-step similarities become its score: mean, min (a window
             counts as similar only if every step is), or median.
     """
@@ -180,7 +194,7 @@ class PlannerPolicy:
     strength: float = 0.5
     q: FeaturePolicy = DEFAULT_Q
     kv: FeaturePolicy = DEFAULT_KV
-    q_at_most_kv: bool = True
+    q_at_most_kv: bool = False
     aggregate: str = "mean"
 
     def __post_init__(self) -> None:
@@ -215,15 +229,17 @@ class PlannerPolicy:
             strength=float(d.get("strength", 0.5)),
             q=FeaturePolicy.from_dict(d["q"]) if "q" in d else DEFAULT_Q,
             kv=FeaturePolicy.from_dict(d["kv"]) if "kv" in d else DEFAULT_KV,
-            q_at_most_kv=bool(d.get("q_at_most_kv", True)),
+            q_at_most_kv=bool(d.get("q_at_most_kv", False)),
             aggregate=str(d.get("aggregate", "mean")),
         )
 
 
-#: Presets are strengths of the default policy. On CogVideoX-2B-shaped statistics (50 steps, cache 4)
-#: they predict about 1.15-1.17x (base; the paper's "Ours" is 12.000 / 10.342 = 1.160x in FLOPs, 1.13x in
-#: latency) and 1.20-1.23x (fast; "Ours-fast" 12.000 / 9.976 = 1.203x) FLOPs speedup: base reduces K/V in
-#: 40 % and Q in up to 30 % of the cells. See docs/planner.md.
+#: Presets are strengths of the default policy. On CogVideoX-2B-shaped statistics (the tests' Fig. 5-like
+#: maps, 50 steps, cache 4) they predict about 1.14-1.17x (base; the paper's "Ours" is 12.000 / 10.342 =
+#: 1.160x in FLOPs, 1.13x in latency) and 1.18-1.21x (fast; "Ours-fast" 12.000 / 9.976 = 1.203x) FLOPs
+#: speedup. base reduces Q in 27 % of the cells (mean rate 0.17, at 0.75 / 0.4) and K/V in 36 % (mean
+#: 0.10), against the authors' shipped CogVideoX-2B base: Q 27 % (0.18, at 0.8 / 0.4), V 30 % (0.09, at
+#: 0.3). See docs/planner.md.
 PRESETS: dict[str, PlannerPolicy] = {
     "base": PlannerPolicy(strength=0.5),
     "fast": PlannerPolicy(strength=0.6),
@@ -421,7 +437,7 @@ def stats_digest(stats: Any) -> str:
 
 def _stats_summary(stats: Any) -> dict:
     prompts = list(getattr(stats, "prompts", []) or [])
-    return {
+    out = {
         "digest": stats_digest(stats),
         "path": getattr(stats, "path", None),
         "tool_version": getattr(stats, "tool_version", None),
@@ -432,21 +448,110 @@ def _stats_summary(stats: Any) -> dict:
         "profiled_schedule": getattr(stats, "profiled_schedule", None),
         "generation": _plain(dict(getattr(stats, "generation", {}) or {})),
     }
+    matching = dict(getattr(stats, "matching", {}) or {})
+    if matching:  # the layout the statistics were profiled with (granularity, partition, stride, seed)
+        out["matching"] = _plain(matching)
+    return out
 
 
-def _sampler_from_stats(stats: Any):
-    from .schedule_format import SamplerDescription
+def _supported(cls: Any, values: Mapping) -> dict:
+    """The entries of ``values`` that ``cls`` (a description dataclass) has fields for.
 
+    The planner fills the version-2 records (sampler ``config`` / ``transformers`` / ``step_transformer``,
+    matching ``partition``); a schedule format without those fields gets the rest, and the provenance
+    keeps everything.
+    """
+    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set(values)
+    return {k: v for k, v in values.items() if k in names}
+
+
+def _two_expert_fields(gen: Mapping) -> dict:
+    """``transformers`` / ``step_transformer`` of a statistics file's generation record (absent in v1)."""
+    out: dict = {}
+    transformers = gen.get("transformers")
+    if transformers:
+        out["transformers"] = tuple(str(t) for t in transformers)
+    step_transformer = gen.get("step_transformer")
+    if step_transformer is not None:
+        out["step_transformer"] = tuple(int(i) for i in step_transformer)
+    return out
+
+
+def sampler_fields(stats: Any) -> dict:
+    """The sampler a statistics file was profiled with, as keyword arguments of ``SamplerDescription``.
+
+    ``scheduler_class``, ``num_steps`` and the timesteps of run 0, plus ``config`` (the generation's
+    ``scheduler_config``) and, for two-expert pipelines (Wan 2.2), ``transformers`` and
+    ``step_transformer`` (which transformer runs each step). The last three are read with ``.get``: a
+    version-1 statistics file has none of them.
+    """
     ts = np.asarray(stats.timesteps, dtype=np.float64)
     num_steps = int(ts.shape[1])
     t0 = ts[0] if ts.shape[0] else None
     timesteps = tuple(float(t) for t in t0) if t0 is not None and np.all(np.isfinite(t0)) else None
     gen = dict(getattr(stats, "generation", {}) or {})
-    scheduler = gen.get("scheduler_class") or None
-    return SamplerDescription(scheduler_class=scheduler, num_steps=num_steps, timesteps=timesteps)
+    out = {
+        "scheduler_class": gen.get("scheduler_class") or None,
+        "num_steps": num_steps,
+        "timesteps": timesteps,
+        "config": _plain(dict(gen.get("scheduler_config") or {})),
+    }
+    out.update(_two_expert_fields(gen))
+    step_transformer = out.get("step_transformer")
+    if step_transformer is not None and len(step_transformer) != num_steps:
+        raise PlannerError(
+            f"the statistics' generation.step_transformer has {len(step_transformer)} entries but they hold "
+            f"{num_steps} steps; the statistics file is inconsistent: re-profile"
+        )
+    return out
 
 
-def _prepare(stats: Any, *, metric: str, cache_steps: int, sampler: Any, aggregate: str) -> _Prepared:
+def _sampler_from_stats(stats: Any):
+    from .schedule_format import SamplerDescription
+
+    fields = sampler_fields(stats)
+    try:
+        return SamplerDescription(**_supported(SamplerDescription, fields))
+    except AsymRnRError as exc:
+        raise PlannerError(f"cannot build the sampler description from the statistics: {exc}") from None
+
+
+def _rate_ceiling(grid, stride) -> float:
+    """The matching ceiling ``N_src / N`` as the FLOPs model counts destinations (it rejects any rate above
+    its ceiling); :func:`asymrnr.vocab.rate_ceiling` (destinations in full windows only) if it has none."""
+    fn = getattr(_flops, "rate_ceiling", None) or vocab.rate_ceiling
+    return float(fn(tuple(grid), tuple(stride)))
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> str:
+    if value not in choices:
+        raise PlannerError(f"unknown {name} {value!r}; use one of {', '.join(choices)}")
+    return value
+
+
+def matching_fields(stats: Any, *, metric: str = vocab.DEFAULT_METRIC, cache_steps: int = vocab.DEFAULT_CACHE_STEPS,
+                    granularity: str = vocab.DEFAULT_GRANULARITY,
+                    partition: str = vocab.DEFAULT_PARTITION_MODE) -> dict:
+    """The planned schedule's matching settings, as keyword arguments of ``MatchingSettings``.
+
+    The stride and the seed are the statistics' (the ranking was measured with them); the metric, cache
+    window, granularity and partition are the planner's arguments (defaults: the paper's per-head matching
+    and a partition redrawn for every cache window); the reduction is the paper's ``discard``.
+    """
+    info = dict(getattr(stats, "matching", {}) or {})
+    return {
+        "metric": metric,
+        "stride": tuple(int(x) for x in info.get("stride", vocab.DEFAULT_STRIDE)),
+        "cache_steps": int(cache_steps),
+        "reduce_op": "discard",
+        "granularity": _check_choice("granularity", granularity, vocab.GRANULARITIES),
+        "seed": int(info.get("seed", 0)),
+        "partition": _check_choice("partition", partition, vocab.PARTITION_MODES),
+    }
+
+
+def _prepare(stats: Any, *, metric: str, cache_steps: int, sampler: Any, aggregate: str, granularity: str,
+             partition: str) -> _Prepared:
     from .schedule_format import MatchingSettings, ModelDescription
 
     if isinstance(cache_steps, bool) or not isinstance(cache_steps, (int, np.integer)) or cache_steps < 1:
@@ -459,19 +564,13 @@ def _prepare(stats: Any, *, metric: str, cache_steps: int, sampler: Any, aggrega
         raise PlannerError(
             f"sampler must be a SamplerDescription (scheduler_class, num_steps, timesteps), got {type(sampler).__name__}"
         )
-    matching_info = dict(getattr(stats, "matching", {}) or {})
+    settings = matching_fields(stats, metric=metric, cache_steps=cache_steps, granularity=granularity,
+                               partition=partition)
     try:
-        matching = MatchingSettings(
-            metric=metric,
-            stride=tuple(matching_info.get("stride", (2, 2, 2))),
-            cache_steps=int(cache_steps),
-            reduce_op="discard",
-            granularity=str(matching_info.get("granularity", "joint")),
-            seed=int(matching_info.get("seed", 0)),
-        )
+        matching = MatchingSettings(**_supported(MatchingSettings, settings))
     except AsymRnRError as exc:
         raise PlannerError(f"cannot build the matching settings from the statistics and arguments: {exc}") from None
-    ceiling = rate_ceiling(model.latent_grid, matching.stride)
+    ceiling = _rate_ceiling(model.latent_grid, matching.stride)
     scores, nan_cells, flat = {}, {}, []
     for feat in PLANNED_FEATURES:
         sim = cell_similarity(stats, metric, SOURCE_FEATURE[feat])
@@ -561,6 +660,8 @@ def plan_schedule(
     policy: PlannerPolicy | None = None,
     sampler: Any = None,
     notes: str = "",
+    granularity: str = vocab.DEFAULT_GRANULARITY,
+    partition: str = vocab.DEFAULT_PARTITION_MODE,
 ) -> PlanResult:
     """Plan a reduction schedule from profiler statistics.
 
@@ -578,8 +679,17 @@ def plan_schedule(
             ``cosine`` (whatever the statistics hold).
         policy: a :class:`PlannerPolicy` (overrides ``preset``).
         sampler: a :class:`~asymrnr.schedule_format.SamplerDescription` to plan for; by default the
-            profiled one. With another step count the similarities are mapped by timestep (or progress).
+            profiled one (with its scheduler config and, for two-expert pipelines such as Wan 2.2, its
+            ``transformers`` and ``step_transformer``). With another step count the similarities are
+            mapped by timestep (or progress).
         notes: free text stored in the schedule's provenance.
+        granularity: the schedule's matching granularity: ``"head"`` (every head matched on its own, the
+            paper's reference; default) or ``"joint"`` (all heads together).
+        partition: ``"window"`` (the destination partition redrawn, seeded, for every matching-cache
+            window, as the paper's random choice; default) or ``"fixed"`` (one per block and feature).
+
+    The stride and seed of the matching come from the statistics; their own matching layout (what they
+    were profiled with) is recorded in the provenance (``provenance["stats"]["matching"]``).
     """
     from . import __version__
     from .schedule_format import Schedule
@@ -596,7 +706,10 @@ def plan_schedule(
     if target_speedup is not None:
         if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or not math.isfinite(target_speedup) or target_speedup < 1.0:
             raise PlannerError(f"target_speedup must be a number >= 1.0 (e.g. 1.15), got {target_speedup!r}")
-    prep = _prepare(stats, metric=metric, cache_steps=cache_steps, sampler=sampler, aggregate=policy.aggregate)
+    _check_choice("granularity", granularity, vocab.GRANULARITIES)
+    _check_choice("partition", partition, vocab.PARTITION_MODES)
+    prep = _prepare(stats, metric=metric, cache_steps=cache_steps, sampler=sampler, aggregate=policy.aggregate,
+                    granularity=granularity, partition=partition)
 
     if target_speedup is None:
         strength = float(policy.strength)
@@ -632,6 +745,8 @@ def plan_schedule(
             "metric": metric,
             "predicted_speedup": float(report.predicted_speedup),
             "policy": used_policy.to_dict(),
+            # Kept here too: a schedule format without these matching fields still records what was meant.
+            "matching": {"granularity": granularity, "partition": partition},
         },
         "stats": _stats_summary(stats),
     }
@@ -661,7 +776,105 @@ def plan_schedule(
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# Shape of a schedule
+# --------------------------------------------------------------------------------------------------
+
+#: Names of the block groups of :func:`schedule_shape_summary` when there are three.
+BLOCK_GROUP_NAMES = ("shallow", "intermediate", "deep")
+
+
+def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    """``range(n)`` cut into at most ``parts`` contiguous, non-empty ``(start, stop)`` ranges."""
+    return [(int(a[0]), int(a[-1]) + 1) for a in np.array_split(np.arange(n), max(1, int(parts))) if a.size]
+
+
+def _span(a: int, b: int) -> str:
+    return f"{a}-{b - 1}" if b - a > 1 else f"{a}"
+
+
+def _share_and_mean(r: np.ndarray) -> dict:
+    reduced = r > 0
+    return {
+        "cells": round(float(reduced.mean()), 4) if r.size else 0.0,
+        "mean_rate": round(float(r.mean()), 4) if r.size else 0.0,
+    }
+
+
+def schedule_shape_summary(schedule: Any, *, block_groups: int = 3, step_ranges: int = 5) -> dict:
+    """Where and how hard a schedule reduces, as plain numbers (for docs, reports and tests).
+
+    Args:
+        schedule: a :class:`~asymrnr.schedule_format.Schedule`, or a mapping feature -> ``[blocks, steps]``
+            rates (e.g. a reference schedule turned into rates).
+        block_groups: contiguous block groups (3: shallow / intermediate / deep).
+        step_ranges: contiguous step ranges.
+
+    Returns a dict with ``num_blocks``, ``num_steps``, ``block_groups`` and ``step_ranges`` (their labels),
+    and per feature present with a non-zero rate somewhere (``features[f]``):
+
+    * ``cells``: share of the (block, step) cells reduced; ``mean_rate``: mean rate over *all* cells;
+      ``mean_reduced_rate``: over the reduced cells; ``max_rate``;
+    * ``levels``: rate (rounded to 2 decimals, as a string) -> share of all cells at that rate;
+    * ``by_blocks`` / ``by_steps``: label -> ``{"cells", "mean_rate"}`` per block group / step range;
+    * ``cells_grid`` / ``rate_grid``: ``[block group][step range]`` share of cells reduced / mean rate;
+    * ``every_step_blocks``: the blocks reduced at every step.
+
+    and, when both ``q`` and ``kv`` are there, ``q_vs_kv``: the shares of cells where Q is reduced more
+    than K/V (``q_above_kv``), where only Q is reduced (``q_only``), only K/V (``kv_only``) and both.
+    """
+    raw = getattr(schedule, "rates", schedule)
+    if not isinstance(raw, Mapping):
+        raise PlannerError(
+            f"schedule_shape_summary needs a Schedule or a mapping feature -> rates, got {type(schedule).__name__}"
+        )
+    tables = {str(f): np.asarray(t, dtype=np.float64) for f, t in raw.items()}
+    if not tables:
+        raise PlannerError("schedule_shape_summary got no rate tables")
+    shapes = {t.shape for t in tables.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise PlannerError(f"every rate table must be [blocks, steps] of one shape, got {sorted(shapes)}")
+    nb, ns = next(iter(shapes))
+    b_ranges, s_ranges = _ranges(nb, block_groups), _ranges(ns, step_ranges)
+    names = BLOCK_GROUP_NAMES if len(b_ranges) == 3 else tuple(f"group {i}" for i in range(len(b_ranges)))
+    b_labels = [f"{n} ({_span(a, b)})" for n, (a, b) in zip(names, b_ranges)]
+    s_labels = [_span(a, b) for a, b in s_ranges]
+    out: dict = {
+        "num_blocks": int(nb),
+        "num_steps": int(ns),
+        "block_groups": b_labels,
+        "step_ranges": s_labels,
+        "features": {},
+    }
+    for feat, r in tables.items():
+        reduced = r > 0
+        if not reduced.any():
+            continue
+        values, counts = np.unique(np.round(r[reduced], 2), return_counts=True)
+        out["features"][feat] = {
+            **_share_and_mean(r),
+            "mean_reduced_rate": round(float(r[reduced].mean()), 4),
+            "max_rate": round(float(r.max()), 4),
+            "levels": {f"{v:.2f}": round(float(c) / r.size, 4) for v, c in zip(values, counts)},
+            "by_blocks": {lab: _share_and_mean(r[a:b]) for lab, (a, b) in zip(b_labels, b_ranges)},
+            "by_steps": {lab: _share_and_mean(r[:, a:b]) for lab, (a, b) in zip(s_labels, s_ranges)},
+            "cells_grid": [[round(float(np.mean(reduced[a:b, c:d])), 4) for c, d in s_ranges] for a, b in b_ranges],
+            "rate_grid": [[round(float(np.mean(r[a:b, c:d])), 4) for c, d in s_ranges] for a, b in b_ranges],
+            "every_step_blocks": [int(i) for i in np.flatnonzero(reduced.all(axis=1))],
+        }
+    if "q" in tables and "kv" in tables:
+        q, kv = tables["q"], tables["kv"]
+        out["q_vs_kv"] = {
+            "q_above_kv": round(float(np.mean(q > kv)), 4),
+            "q_only": round(float(np.mean((q > 0) & (kv <= 0))), 4),
+            "kv_only": round(float(np.mean((kv > 0) & (q <= 0))), 4),
+            "both": round(float(np.mean((q > 0) & (kv > 0))), 4),
+        }
+    return out
+
+
 __all__ = [
+    "BLOCK_GROUP_NAMES",
     "DEFAULT_KV",
     "DEFAULT_Q",
     "FeaturePolicy",
@@ -672,9 +885,12 @@ __all__ = [
     "SEARCH_TOLERANCE",
     "cell_similarity",
     "feature_rates",
+    "matching_fields",
     "plan_schedule",
     "preset_policy",
     "rank_positions",
+    "sampler_fields",
+    "schedule_shape_summary",
     "standardize",
     "window_scores",
 ]
