@@ -246,7 +246,7 @@ def json_copy(value: Any, where: str, error=ScheduleFormatError, depth: int = 0,
         return value
     if isinstance(value, numbers.Integral):
         if abs(int(value)) >= 10**18:
-            raise error(f"{where} is {got(value)}; integers here must stay below 10^18")
+            raise error(f"{where} is {got(value)[4:]}; integers here must stay below 10^18")
         return int(value)
     if isinstance(value, numbers.Real):
         return check_float(value, where, error=error)

@@ -593,7 +593,7 @@ class Schedule:
 
 
 def _short(value: int) -> str:
-    return str(value) if abs(value) < 10**30 else got(value)[4:].split(" (")[0]
+    return str(value) if abs(value) < 10**30 else f"<{got(value)[4:].split(' (')[0]}>"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -723,7 +723,10 @@ def _too_large(path: Path, size: str) -> None:
 def _read_bytes(path: Path) -> bytes:
     """The file's bytes: a regular file of at most :data:`MAX_FILE_BYTES`, checked before reading it."""
     try:
-        _refuse_non_regular(path, os.stat(path).st_mode)  # never open a FIFO or a device
+        st = os.stat(path)
+        _refuse_non_regular(path, st.st_mode)  # never open a FIFO or a device
+        if st.st_size > MAX_FILE_BYTES:
+            _too_large(path, f"{st.st_size:,} bytes")
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         where = "" if path.is_absolute() else f" (looked in '{path.absolute()}')"
