@@ -1007,3 +1007,78 @@ def test_inspect_summary_shows_provenance_versions(golden, golden_v2):
     assert f"  versions  asymrnr 0.1.0; read from a version 1 file, tagged {GOLDEN_V1_TAG} there" in lines
     bare = dataclasses.replace(golden_v2, provenance={})
     assert not any(line.startswith("  versions") for line in schedule_summary(bare).splitlines())
+
+
+# ---------------------------------------------------------------------------------------------------
+# docs/schedule-format.md stays in sync with the records' field specs
+# ---------------------------------------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "schedule-format.md"
+
+
+def _doc_rows(heading: str) -> list[list[str]]:
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index(heading + "\n")
+    end = min(i for i in (text.find("\n## ", start + 1), text.find("\n### ", start + 1), len(text)) if i > 0)
+    rows = [line for line in text[start:end].splitlines() if line.startswith("| `")]
+    return [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in rows]
+
+
+def _doc_type(fs) -> str:
+    names = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "json": "object"}
+    if fs.kind in names:
+        text = names[fs.kind]
+    else:
+        text = f"[{names[fs.kind[:-1]]}]" + (f" x {fs.length}" if fs.length else "")
+    return text + (" or null" if fs.nullable else "")
+
+
+def _doc_bounds(fs) -> str:
+    kind = fs.kind[:-1] if fs.kind in ("ints", "floats", "strs") else fs.kind
+    bound = lambda x: "2^63-1" if x == 2**63 - 1 else str(int(x))  # noqa: E731
+    if kind == "int":
+        text = f"{bound(fs.minimum)} .. {bound(fs.maximum)}"
+    elif kind == "float":
+        text = "finite"
+    elif kind == "str":
+        text = ", ".join(f"`{c}`" for c in fs.choices) if fs.choices else "non-empty"
+    elif kind == "json":
+        text = "JSON values"
+    else:
+        text = ""
+    return f"each {text}" if kind != fs.kind else text
+
+
+@pytest.mark.parametrize("cls, heading", [
+    (ModelDescription, "### `model`"), (SamplerDescription, "### `sampler`"), (MatchingSettings, "### `matching`"),
+])
+def test_doc_tables_match_the_field_specs(cls, heading):
+    from asymrnr.formats.fields import field_specs
+
+    rows = _doc_rows(heading)
+    specs = field_specs(cls)
+    assert [row[0].strip("`") for row in rows] == [name for name, _, _ in specs]
+    defaults = {f.name: f for f in dataclasses.fields(cls)}
+    for row, (name, fs, required) in zip(rows, specs):
+        assert row[1] == _doc_type(fs), name
+        assert row[2] == _doc_bounds(fs), name
+        if required:
+            assert row[3] == "required", name
+        else:
+            f = defaults[name]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            plain = list(default) if isinstance(default, tuple) else default
+            assert row[3] == f"`{json.dumps(plain)}`", name
+
+
+def test_doc_root_and_v1_tables_match_the_code():
+    assert [row[0].strip("`") for row in _doc_rows("## Root object")] == list(fs.ROOT_KEYS)
+    v1 = {}
+    for row in _doc_rows("### Version 1 and its upgrade"):  # the key table comes before the upgrade table
+        if row[0] in ("`model`", "`sampler`", "`matching`"):
+            v1.setdefault(row[0].strip("`"), re.findall(r"`(\w+)`", row[1]))
+    from asymrnr.formats.descriptions import V1_MATCHING_KEYS, V1_MODEL_KEYS
+
+    assert v1 == {"model": list(V1_MODEL_KEYS), "sampler": list(fs.V1_SAMPLER_KEYS), "matching": list(V1_MATCHING_KEYS)}
+    text = DOC.read_text(encoding="utf-8")
+    assert GOLDEN_V2_TAG in text and f"{fs.MAX_FILE_BYTES // 2**20} MiB" in text
