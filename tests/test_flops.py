@@ -19,7 +19,10 @@ from asymrnr.flops import (
 from asymrnr.schedule_format import MatchingSettings, ModelDescription, SamplerDescription, Schedule
 
 # Tiny shape: 2 blocks, 2 heads x 4 (C = 8), grid 3x5x6 (N = 90), 10 text tokens (S = 100), ffn 32.
-TINY = ModelDescription("CogVideoXTransformer3DModel", 2, 2, 4, 2, 1, False, (3, 5, 6), 10, 32)
+TINY = ModelDescription(
+    family="cogvideox", transformer_class="CogVideoXTransformer3DModel", num_blocks=2, num_heads=2, head_dim=4,
+    patch_size=(1, 2, 2), rope=False, latent_grid=(3, 5, 6), text_len=10, text_layout="first", ffn_dim=32,
+)
 # Dense, per block and per sample:
 PROJ = 4 * 2 * 100 * 8 * 8  # 51_200
 ATTN = 2 * 2 * 2 * 100 * 100 * 4  # 320_000
@@ -28,7 +31,10 @@ CELL = PROJ + ATTN + MLP  # 473_600
 # Matching at stride (2,2,2): Nd = 2*3*3 = 18 windows, Ns = 72.
 MATCH = 2 * 72 * 18 * 8 + 3 * 72 * 18 + 2 * 90 * 8  # 20_736 + 3_888 + 1_440 = 26_064
 
-CVX2B = ModelDescription("CogVideoXTransformer3DModel", 30, 30, 64, 2, 1, False, (13, 30, 45), 226, 7680)
+CVX2B = ModelDescription(
+    family="cogvideox", transformer_class="CogVideoXTransformer3DModel", num_blocks=30, num_heads=30, head_dim=64,
+    patch_size=(1, 2, 2), rope=False, latent_grid=(13, 30, 45), text_len=226, text_layout="first", ffn_dim=7680,
+)
 
 
 def test_windows_and_ceiling_hand_computed():
@@ -172,7 +178,10 @@ def test_cogvideox_2b_dense_matches_paper_table_1():
 
 
 def test_cogvideox_5b_dense_matches_paper_table_1():
-    cvx5b = ModelDescription("CogVideoXTransformer3DModel", 42, 48, 64, 2, 1, True, (13, 30, 45), 226, 4 * 3072)
+    cvx5b = ModelDescription(
+        family="cogvideox", transformer_class="CogVideoXTransformer3DModel", num_blocks=42, num_heads=48, head_dim=64,
+        patch_size=(1, 2, 2), rope=True, latent_grid=(13, 30, 45), text_len=226, text_layout="first", ffn_dim=4 * 3072,
+    )
     assert transformer_flops(cvx5b) * 50 == pytest.approx(33.220e15, rel=1e-3)  # ours 33.218e15
 
 

@@ -21,8 +21,14 @@ from asymrnr.planner import (
 from asymrnr.profiler.stats_format import NORM_BIN_EDGES, QUANTILE_LEVELS, RATE_LEVELS, StatsData
 from asymrnr.schedule_format import MatchingSettings, ModelDescription, SamplerDescription, Schedule, load_schedule
 
-CVX2B = ModelDescription("CogVideoXTransformer3DModel", 30, 30, 64, 2, 1, False, (13, 30, 45), 226, 7680)
-SMALL = ModelDescription("CogVideoXTransformer3DModel", 6, 4, 64, 2, 1, True, (13, 10, 15), 226, 1024)
+CVX2B = ModelDescription(
+    family="cogvideox", transformer_class="CogVideoXTransformer3DModel", num_blocks=30, num_heads=30, head_dim=64,
+    patch_size=(1, 2, 2), rope=False, latent_grid=(13, 30, 45), text_len=226, text_layout="first", ffn_dim=7680,
+)
+SMALL = ModelDescription(
+    family="cogvideox", transformer_class="CogVideoXTransformer3DModel", num_blocks=6, num_heads=4, head_dim=64,
+    patch_size=(1, 2, 2), rope=True, latent_grid=(13, 10, 15), text_len=226, text_layout="first", ffn_dim=1024,
+)
 FEATURES = ("h", "q", "k", "v")
 
 
@@ -187,7 +193,10 @@ def test_q_never_exceeds_kv_under_default_policy(cvx_stats, name):
 
 
 def test_never_exceeds_ceiling_or_max_rate():
-    tiny_grid = ModelDescription("CogVideoXTransformer3DModel", 2, 2, 16, 2, 1, True, (1, 3, 3), 16, 128)
+    tiny_grid = ModelDescription(
+        family="cogvideox", transformer_class="CogVideoXTransformer3DModel", num_blocks=2, num_heads=2, head_dim=16,
+        patch_size=(1, 2, 2), rope=True, latent_grid=(1, 3, 3), text_len=16, text_layout="first", ffn_dim=128,
+    )
     ceiling = rate_ceiling((1, 3, 3))  # 4 windows, 9 tokens -> 5/9
     assert ceiling < 0.6
     rng = np.random.default_rng(0)
@@ -281,7 +290,7 @@ def test_schedule_carries_stats_metadata_and_round_trips(gt_stats, tmp_path):
     assert sch.sampler.scheduler_class == "CogVideoXDDIMScheduler"
     assert sch.sampler.num_steps == S
     assert sch.sampler.timesteps == tuple(float(t) for t in gt_stats.timesteps[0])
-    assert sch.matching == MatchingSettings(metric="cosine", stride=(2, 2, 2), cache_steps=CS, seed=7)
+    assert sch.matching == MatchingSettings(metric="cosine", stride=(2, 2, 2), cache_steps=CS, seed=7, granularity="joint")
     prov = sch.provenance
     assert prov["source"] == "planner" and prov["notes"] == "unit test"
     assert prov["planner"]["preset"] == "base"
