@@ -298,7 +298,8 @@ def check_key_names(d: Any, where: str, required: tuple[str, ...], optional: tup
     for key in d:
         if key not in allowed:
             raise error(
-                f"unknown key '{prefix}{str(key)[:60]}'; {where or 'the root object'} of a version {version} file holds "
+                f"unknown key '{prefix}{str(key)[:60]}'; {where or 'the root object'} of a version {version} file "
+                f"holds "
                 f"only {', '.join(sorted(allowed))}: fix the spelling or remove it (if the file was written by a "
                 "newer asymrnr, upgrade asymrnr)"
             )
@@ -322,7 +323,8 @@ def _plain(value: Any) -> Any:
 
 
 __all__ = [
-    "MAX_INT", "MAX_INT_DIGITS", "OversizedInt", "parse_json_int", "FieldSpec", "spec", "type_name", "got", "nonfinite_name", "as_sequence", "check_int",
+    "MAX_INT", "MAX_INT_DIGITS", "OversizedInt", "parse_json_int", "FieldSpec", "spec", "type_name", "got",
+    "nonfinite_name", "as_sequence", "check_int",
     "check_float", "check_str", "check_value", "json_copy", "MAX_JSON_DEPTH", "field_specs", "validate_fields",
     "check_keys", "check_key_names", "to_json",
 ]

@@ -450,7 +450,9 @@ class Schedule:
                 "pass a schedule file written by asymrnr"
             )
         if d["format"] != FORMAT_NAME:
-            hint = " (that is a statistics file: plan a schedule from it with the planner)" if d["format"] == "asymrnr-stats" else ""
+            hint = ""
+            if d["format"] == "asymrnr-stats":
+                hint = " (that is a statistics file: plan a schedule from it with the planner)"
             _fail(
                 f"not an asymrnr schedule: format is {got(d['format'])[4:]}, expected {FORMAT_NAME!r}{hint}; "
                 "pass a schedule file written by asymrnr"
@@ -695,8 +697,8 @@ def _reject_duplicate_keys(pairs: list) -> dict:
     out: dict = {}
     for key, value in pairs:
         if key in out:
-            _fail(f"duplicate key {key[:60]!r} in a JSON object (next to {', '.join(repr(k[:30]) for k in list(out)[:4])}); "
-                  "keep only one of them")
+            near = ", ".join(repr(k[:30]) for k in list(out)[:4])
+            _fail(f"duplicate key {key[:60]!r} in a JSON object (next to {near}); keep only one of them")
         out[key] = value
     return out
 
@@ -735,7 +737,9 @@ def _read_bytes(path: Path) -> bytes:
             "schedule with `asymrnr-calibrate` or Schedule.uniform(...).save(path)"
         ) from None
     except IsADirectoryError:
-        raise ScheduleFormatError(f"'{path}' is a directory, not a schedule file; pass the path of the .json file") from None
+        raise ScheduleFormatError(
+            f"'{path}' is a directory, not a schedule file; pass the path of the .json file"
+        ) from None
     except OSError as exc:
         raise ScheduleFormatError(f"cannot read schedule file '{path}': {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb") as fp:
@@ -757,7 +761,9 @@ def _parse(raw: bytes, path: Path) -> Any:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ScheduleFormatError(f"{corrupt} (not UTF-8 text: {exc.reason} at byte {exc.start}); {_FIX_RESAVE}") from None
+        raise ScheduleFormatError(
+            f"{corrupt} (not UTF-8 text: {exc.reason} at byte {exc.start}); {_FIX_RESAVE}"
+        ) from None
     try:
         return json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_int=parse_json_int)
     except json.JSONDecodeError as exc:
@@ -767,9 +773,13 @@ def _parse(raw: bytes, path: Path) -> Any:
     except ScheduleFormatError as exc:
         raise ScheduleFormatError(f"schedule file '{path}': {exc}") from None
     except RecursionError:
-        raise ScheduleFormatError(f"schedule file '{path}' is corrupt (JSON nested too deeply); {_FIX_RESAVE}") from None
+        raise ScheduleFormatError(
+            f"schedule file '{path}' is corrupt (JSON nested too deeply); {_FIX_RESAVE}"
+        ) from None
     except ValueError as exc:  # e.g. a number Python refuses to convert
-        raise ScheduleFormatError(f"schedule file '{path}' is corrupt (unreadable JSON value: {exc}); {_FIX_RESAVE}") from None
+        raise ScheduleFormatError(
+            f"schedule file '{path}' is corrupt (unreadable JSON value: {exc}); {_FIX_RESAVE}"
+        ) from None
 
 
 def load_schedule(path) -> Schedule:
