@@ -19,26 +19,33 @@ from asymrnr.flops import (
 from asymrnr.schedule_format import MatchingSettings, ModelDescription, SamplerDescription, Schedule
 
 # Tiny shape: 2 blocks, 2 heads x 4 (C = 8), grid 3x5x6 (N = 90), 10 text tokens (S = 100), ffn 32.
-TINY = ModelDescription("CogVideoXTransformer3DModel", 2, 2, 4, 2, 1, False, (3, 5, 6), 10, 32)
+TINY = ModelDescription(
+    family="cogvideox", transformer_class="CogVideoXTransformer3DModel", num_blocks=2, num_heads=2, head_dim=4,
+    patch_size=(1, 2, 2), rope=False, latent_grid=(3, 5, 6), text_len=10, text_layout="first", ffn_dim=32,
+)
 # Dense, per block and per sample:
 PROJ = 4 * 2 * 100 * 8 * 8  # 51_200
 ATTN = 2 * 2 * 2 * 100 * 100 * 4  # 320_000
 MLP = 2 * 2 * 100 * 8 * 32  # 102_400
 CELL = PROJ + ATTN + MLP  # 473_600
-# Matching at stride (2,2,2): Nd = 2*3*3 = 18 windows, Ns = 72.
-MATCH = 2 * 72 * 18 * 8 + 3 * 72 * 18 + 2 * 90 * 8  # 20_736 + 3_888 + 1_440 = 26_064
+# Matching at stride (2,2,2): destinations only in full windows, Nd = 1*2*3 = 6, Ns = 84.
+MATCH = 2 * 84 * 6 * 8 + 3 * 84 * 6 + 2 * 90 * 8  # 8_064 + 1_512 + 1_440 = 11_016
 
-CVX2B = ModelDescription("CogVideoXTransformer3DModel", 30, 30, 64, 2, 1, False, (13, 30, 45), 226, 7680)
+CVX2B = ModelDescription(
+    family="cogvideox", transformer_class="CogVideoXTransformer3DModel", num_blocks=30, num_heads=30, head_dim=64,
+    patch_size=(1, 2, 2), rope=False, latent_grid=(13, 30, 45), text_len=226, text_layout="first", ffn_dim=7680,
+)
 
 
 def test_windows_and_ceiling_hand_computed():
-    assert num_windows((3, 5, 6), (2, 2, 2)) == 18
-    assert rate_ceiling((3, 5, 6)) == pytest.approx(72 / 90)
-    # CogVideoX at 480x720x49: 7 x 15 x 23 partial-edge windows.
-    assert num_windows((13, 30, 45), (2, 2, 2)) == 2415
-    assert rate_ceiling((13, 30, 45)) == pytest.approx(15135 / 17550)
+    # One destination per FULL window (paper Table 6, reference code); the edge slab holds sources only.
+    assert num_windows((3, 5, 6), (2, 2, 2)) == 6
+    assert rate_ceiling((3, 5, 6)) == pytest.approx(84 / 90)
+    # CogVideoX at 480x720x49: 6 x 15 x 22 full windows, 11.28 % destinations (Table 6).
+    assert num_windows((13, 30, 45), (2, 2, 2)) == 1980
+    assert rate_ceiling((13, 30, 45)) == pytest.approx(15570 / 17550)
     assert num_windows((4, 4, 4), (2, 2, 2)) == 8
-    assert num_windows((1, 3, 3), (2, 2, 2)) == 4
+    assert num_windows((1, 3, 3), (2, 2, 2)) == 0 and rate_ceiling((1, 3, 3)) == 0.0
 
 
 def test_windows_agree_with_the_matching_partition():
@@ -65,7 +72,7 @@ def test_q_reduction_hand_computed():
     q[0, 0] = 0.5  # n_q = 45 -> Sq = 55
     rep = rates_flops(TINY, q=q, cache_steps=2, batch=2)
     cell = PROJ + 2 * 2 * 2 * 55 * 100 * 4 + MLP + MATCH + (45 * 8 + 90 * 8)  # gather kept Q + restore
-    assert cell == 356_744
+    assert cell == 341_696
     assert rep.reduced_total == pytest.approx(3 * 2 * 2 * CELL - 2 * (CELL - cell), rel=1e-12)
     assert rep.per_block_reduced[1] == pytest.approx(3 * 2 * CELL)
     assert rep.per_block_reduced[0] == pytest.approx(2 * (2 * CELL + cell))
@@ -172,7 +179,10 @@ def test_cogvideox_2b_dense_matches_paper_table_1():
 
 
 def test_cogvideox_5b_dense_matches_paper_table_1():
-    cvx5b = ModelDescription("CogVideoXTransformer3DModel", 42, 48, 64, 2, 1, True, (13, 30, 45), 226, 4 * 3072)
+    cvx5b = ModelDescription(
+        family="cogvideox", transformer_class="CogVideoXTransformer3DModel", num_blocks=42, num_heads=48, head_dim=64,
+        patch_size=(1, 2, 2), rope=True, latent_grid=(13, 30, 45), text_len=226, text_layout="first", ffn_dim=4 * 3072,
+    )
     assert transformer_flops(cvx5b) * 50 == pytest.approx(33.220e15, rel=1e-3)  # ours 33.218e15
 
 

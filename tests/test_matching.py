@@ -43,8 +43,8 @@ def test_partition_is_seeded_and_deterministic():
 
 
 def test_rate_ceiling_at_real_grid():
-    assert rate_ceiling((13, 30, 45), (2, 2, 2)) == pytest.approx(1 - 7 * 15 * 23 / 17550)
-    assert rate_ceiling((13, 30, 45), (2, 2, 2)) == pytest.approx(15135 / 17550)  # 0.862 with partial windows
+    assert rate_ceiling((13, 30, 45), (2, 2, 2)) == pytest.approx(1 - 6 * 15 * 22 / 17550)
+    assert rate_ceiling((13, 30, 45), (2, 2, 2)) == pytest.approx(15570 / 17550)  # 0.887: full windows only
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine", "dot"])

@@ -27,8 +27,14 @@ from asymrnr.planner import (
 from asymrnr.profiler.stats_format import NORM_BIN_EDGES, QUANTILE_LEVELS, RATE_LEVELS, StatsData
 from asymrnr.schedule_format import MatchingSettings, ModelDescription, SamplerDescription, Schedule, load_schedule
 
-CVX2B = ModelDescription("CogVideoXTransformer3DModel", 30, 30, 64, 2, 1, False, (13, 30, 45), 226, 7680)
-SMALL = ModelDescription("CogVideoXTransformer3DModel", 6, 4, 64, 2, 1, True, (13, 10, 15), 226, 1024)
+CVX2B = ModelDescription(
+    family="cogvideox", transformer_class="CogVideoXTransformer3DModel", num_blocks=30, num_heads=30, head_dim=64,
+    patch_size=(1, 2, 2), rope=False, latent_grid=(13, 30, 45), text_len=226, text_layout="first", ffn_dim=7680,
+)
+SMALL = ModelDescription(
+    family="cogvideox", transformer_class="CogVideoXTransformer3DModel", num_blocks=6, num_heads=4, head_dim=64,
+    patch_size=(1, 2, 2), rope=True, latent_grid=(13, 10, 15), text_len=226, text_layout="first", ffn_dim=1024,
+)
 FEATURES = ("h", "q", "k", "v")
 
 
@@ -221,12 +227,18 @@ def test_min_score_keeps_q_untouched_in_low_similarity_cells(gt_stats):
     assert (rates(plan_schedule(gt_stats, policy=no_floor, cache_steps=CS), "q") > 0).sum() > gt_mask(GT_Q).sum()
 
 
-def test_never_exceeds_ceiling_or_max_rate():
-    tiny_grid = ModelDescription("CogVideoXTransformer3DModel", 2, 2, 16, 2, 1, True, (1, 3, 3), 16, 128)
-    ceiling = rate_ceiling((1, 3, 3))  # 4 windows, 9 tokens -> 5/9
+@pytest.mark.parametrize("grid, stride", [((1, 3, 4), (1, 1, 2)), ((1, 3, 3), (2, 2, 2))])
+def test_never_exceeds_ceiling_or_max_rate(grid, stride):
+    tiny_grid = ModelDescription(
+        family="cogvideox", transformer_class="CogVideoXTransformer3DModel", num_blocks=2, num_heads=2, head_dim=16,
+        patch_size=(1, 2, 2), rope=True, latent_grid=grid, text_len=16, text_layout="first", ffn_dim=128,
+    )
+    # destinations only in full windows: 6 of 12 tokens (ceiling 1/2), or none at all (ceiling 0: a single
+    # frame has no full (2, 2, 2) window)
+    ceiling = rate_ceiling(grid, stride)
     assert ceiling < 0.6
     rng = np.random.default_rng(0)
-    stats = make_stats(rng.normal(size=(2, 8)), rng.normal(size=(2, 8)), model=tiny_grid)
+    stats = make_stats(rng.normal(size=(2, 8)), rng.normal(size=(2, 8)), model=tiny_grid, stride=stride)
     res = plan_schedule(stats, policy=PlannerPolicy(strength=1.0), cache_steps=2)
     for f in ("q", "kv"):
         assert rates(res, f).max() <= ceiling

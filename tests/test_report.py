@@ -37,8 +37,8 @@ from asymrnr.schedule_format import MatchingSettings, ModelDescription, SamplerD
 # --------------------------------------------------------------------------------------------------
 
 MODEL = dict(
-    transformer_class="CogVideoXTransformer3DModel", num_blocks=2, num_heads=30, head_dim=64, patch_size=2,
-    patch_size_t=1, rope=False, latent_grid=[13, 30, 45], text_len=226, ffn_dim=7680, text_first=True,
+    family="cogvideox", transformer_class="CogVideoXTransformer3DModel", num_blocks=2, num_heads=30, head_dim=64,
+    patch_size=[1, 2, 2], rope=False, latent_grid=[13, 30, 45], text_len=226, text_layout="first", ffn_dim=7680,
 )
 
 #: [step, block] base of the hand-made similarity; its standardized value is (base + 5) / 5.

@@ -1,8 +1,11 @@
-"""Tests of the schedule JSON format (asymrnr.schedule_format): golden file, validation, round trips."""
+"""Tests of the schedule JSON format (asymrnr.formats.schedule, also reachable as asymrnr.schedule_format):
+golden files of both versions, the v1 upgrade, validation, hostile files, round trips, tag, provenance."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import importlib.util
 import json
 import logging
@@ -11,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,7 @@ import pytest
 import asymrnr
 from asymrnr import schedule_format as sf
 from asymrnr.errors import AsymRnRError, ScheduleFormatError, ScheduleMismatchError
+from asymrnr.formats import schedule as fs
 from asymrnr.schedule_format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -29,8 +34,15 @@ from asymrnr.schedule_format import (
     load_schedule,
 )
 
-GOLDEN = Path(__file__).parent / "data" / "schedule_v1_golden.json"
-GOLDEN_TAG = "cogvideox-L4-q23-kv15-s2-n6-6cd8c6"
+DATA = Path(__file__).parent / "data"
+GOLDEN = DATA / "schedule_v1_golden.json"
+#: The tag version 1 gave the v1 golden file (stored in it, recorded in provenance.upgraded_from).
+GOLDEN_V1_TAG = "cogvideox-L4-q23-kv15-s2-n6-6cd8c6"
+#: Its tag once upgraded (the hash covers the version-2 records).
+GOLDEN_TAG = "cogvideox-L4-q23-kv15-s2-n6-15a582"
+GOLDEN_V2 = DATA / "schedule_v2_golden.json"
+GOLDEN_V2_TAG = "wan-L4-q20-kv13-h07-s2-n6-0e4b62"
+LOGGER = "asymrnr.formats.schedule"
 
 
 @pytest.fixture
@@ -43,17 +55,28 @@ def golden() -> Schedule:
     return load_schedule(GOLDEN)
 
 
+@pytest.fixture
+def golden_v2_doc() -> dict:
+    return json.loads(GOLDEN_V2.read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def golden_v2() -> Schedule:
+    return load_schedule(GOLDEN_V2)
+
+
 def _model(**kw) -> ModelDescription:
     base = dict(
+        family="cogvideox",
         transformer_class="CogVideoXTransformer3DModel",
         num_blocks=3,
         num_heads=2,
         head_dim=16,
-        patch_size=2,
-        patch_size_t=1,
+        patch_size=(1, 2, 2),
         rope=True,
         latent_grid=(3, 4, 4),
         text_len=16,
+        text_layout="first",
         ffn_dim=128,
     )
     base.update(kw)
@@ -70,20 +93,28 @@ def _sampler(num_steps=4) -> SamplerDescription:
 
 
 def test_golden_file_loads_with_exact_values(golden, caplog):
-    with caplog.at_level(logging.WARNING, logger="asymrnr.schedule_format"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         schedule = load_schedule(str(GOLDEN))  # str accepted as well as Path
-    assert caplog.records == []  # stored tag agrees with the content
+    assert caplog.records == []  # stored (version-1) tag agrees with the content
     assert schedule.to_dict() == golden.to_dict()
 
     assert golden.tag == GOLDEN_TAG
+    assert golden.provenance["upgraded_from"] == {"version": 1, "tag": GOLDEN_V1_TAG}
     assert golden.model.transformer_class == "CogVideoXTransformer3DModel"
+    assert golden.model.family == "cogvideox"  # upgraded: version 1 described CogVideoX only
+    assert golden.model.patch_size == (1, 2, 2)  # (t, h, w) from patch_size_t 1 and patch_size 2
+    assert golden.model.patch_size_t == 1 and golden.model.spatial_patch == 2
+    assert golden.model.text_layout == "first" and golden.model.cross_len == 0 and golden.model.block_kinds == ()
     assert golden.model.latent_grid == (13, 30, 45)
     assert golden.model.num_video_tokens == 13 * 30 * 45 == 17550
     assert golden.model.inner_dim == 48 * 64
     assert golden.model.text_first is True
     assert golden.sampler.scheduler_class == "CogVideoXDPMScheduler"
     assert golden.sampler.timesteps == (999.0, 832.0, 666.0, 499.0, 332.0, 166.0)
-    assert golden.matching == MatchingSettings(cache_steps=2)
+    assert golden.sampler.config == {} and golden.sampler.transformers == ("transformer",)
+    assert golden.sampler.step_transformer is None
+    # version 1 had one partition per (block, feature) for the whole generation; its granularity is kept
+    assert golden.matching == MatchingSettings(cache_steps=2, granularity="joint", partition="fixed")
     assert golden.rate("q", 0, 0) == 0.8
     assert golden.rate("q", 0, 4) == 0.4
     assert golden.rate("q", 2, 3) == 0.0
@@ -96,7 +127,71 @@ def test_golden_file_loads_with_exact_values(golden, caplog):
     assert golden.provenance["created"] == "2025-06-01T12:00:00Z"
 
 
-def test_golden_rates_constant_within_cache_windows(golden):
+def test_golden_v2_file_loads_with_exact_values(golden_v2, caplog):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        schedule = load_schedule(str(GOLDEN_V2))
+    assert caplog.records == []
+    assert schedule == golden_v2
+    assert golden_v2.tag == GOLDEN_V2_TAG
+    m = golden_v2.model
+    assert m == ModelDescription(
+        family="wan", transformer_class="WanTransformer3DModel", num_blocks=4, num_heads=40, head_dim=128,
+        patch_size=(1, 2, 2), rope=True, latent_grid=(21, 30, 52), text_len=0, text_layout="none", ffn_dim=13824,
+        cross_len=512, block_kinds=(),
+    )
+    assert m.num_video_tokens == 21 * 30 * 52 and m.inner_dim == 5120 and m.text_first is False
+    smp = golden_v2.sampler
+    assert smp.scheduler_class == "UniPCMultistepScheduler" and smp.num_steps == 6
+    assert smp.timesteps == (999.0, 983.0, 960.0, 923.0, 857.0, 707.0)
+    assert smp.config == {
+        "num_train_timesteps": 1000, "prediction_type": "flow_prediction", "use_flow_sigmas": True,
+        "flow_shift": 12.0, "solver_order": 2, "solver_type": "bh2", "timestep_spacing": "linspace",
+        "final_sigmas_type": "zero",
+    }
+    assert smp.transformers == ("transformer", "transformer_2")
+    assert smp.step_transformer == (0, 0, 0, 0, 1, 1)
+    # row b at step k applies to block b of the transformer that runs step k
+    assert [smp.transformer_of_step(k) for k in range(6)] == ["transformer"] * 4 + ["transformer_2"] * 2
+    assert smp.steps_of("transformer_2") == (4, 5)
+    assert golden_v2.matching == MatchingSettings(
+        metric="cosine", stride=(1, 2, 2), cache_steps=2, reduce_op="discard", granularity="head", seed=3,
+        partition="window",
+    )
+    assert golden_v2.rates["q"] == (
+        (0.6, 0.6, 0.5, 0.5, 0.0, 0.0), (0.3, 0.3, 0.0, 0.0, 0.2, 0.2), (0.0,) * 6, (0.5, 0.5, 0.25, 0.25, 0.0, 0.0),
+    )
+    assert golden_v2.rates["kv"] == (
+        (0.4, 0.4, 0.4, 0.4, 0.0, 0.0), (0.2, 0.2, 0.1, 0.1, 0.1, 0.1), (0.0,) * 6, (0.0, 0.0, 0.35, 0.35, 0.0, 0.0),
+    )
+    assert golden_v2.rates["h"] == ((0.0, 0.0, 0.0, 0.0, 0.5, 0.5), (0.0,) * 6, (0.35, 0.35, 0.0, 0.0, 0.0, 0.0), (0.0,) * 6)
+    assert golden_v2.rate("h", 0, 4) == 0.5 and golden_v2.rate("q", 0, 4) == 0.0
+    assert golden_v2.mean_rate("q") == pytest.approx(4.7 / 24)
+    assert golden_v2.mean_rate("kv") == pytest.approx(3.1 / 24)
+    assert golden_v2.mean_rate("h") == pytest.approx(1.7 / 24)
+    assert golden_v2.provenance == {
+        "tool_version": "0.1.0",
+        "created": "2026-06-01T12:00:00Z",
+        "notes": "Golden example of schedule format version 2 (4 of Wan 2.2 A14B's 40 blocks, 6 UniPC steps, two "
+                 "experts). It must keep loading in every later asymrnr release: never edit it.",
+        "source": "hand-written",
+        "model_id": "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+        "dtype": "bfloat16",
+        "torch_version": "2.13.0",
+        "diffusers_version": "0.42.1",
+    }
+
+
+def test_golden_v2_file_is_what_its_script_writes(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_golden_schedule", DATA / "make_golden_schedule.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = module.main(tmp_path)
+    assert written.read_bytes() == GOLDEN_V2.read_bytes()
+
+
+@pytest.mark.parametrize("path", [GOLDEN, GOLDEN_V2], ids=["v1", "v2"])
+def test_golden_rates_constant_within_cache_windows(path):
+    golden = load_schedule(path)
     s = golden.matching.cache_steps
     for feature in sf.SCHEDULE_FEATURES:
         for row in golden.rates[feature]:
@@ -109,6 +204,8 @@ def test_reading_imports_neither_torch_nor_diffusers():
         "import sys, asymrnr\n"
         f"s = asymrnr.load_schedule({str(GOLDEN)!r})\n"
         f"assert s.tag == {GOLDEN_TAG!r}, s.tag\n"
+        f"s = asymrnr.load_schedule({str(GOLDEN_V2)!r})\n"
+        f"assert s.tag == {GOLDEN_V2_TAG!r}, s.tag\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert 'diffusers' not in sys.modules, 'diffusers imported'\n"
         "print('ok')\n"
@@ -123,15 +220,37 @@ def test_reading_imports_neither_torch_nor_diffusers():
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_save_load_round_trip(golden, tmp_path):
-    out = golden.save(tmp_path / "sub" / "s.json")  # creates the folder
+def test_save_load_round_trip(golden_v2, tmp_path):
+    out = golden_v2.save(tmp_path / "sub" / "s.json")  # creates the folder
     assert isinstance(out, Path) and out == tmp_path / "sub" / "s.json"
     again = load_schedule(out)
-    assert again.to_dict() == golden.to_dict()
-    assert again == golden
+    assert again.to_dict() == golden_v2.to_dict()
+    assert again == golden_v2
     # saving is deterministic: the golden file's bytes are reproduced exactly
-    assert out.read_bytes() == GOLDEN.read_bytes()
+    assert out.read_bytes() == GOLDEN_V2.read_bytes()
     assert sorted(p.name for p in out.parent.iterdir()) == ["s.json"]
+
+
+def test_v1_file_saves_as_v2_and_round_trips(golden, tmp_path):
+    out = golden.save(tmp_path / "s.json")
+    doc = json.loads(out.read_text())
+    assert doc["version"] == 2 and doc["tag"] == GOLDEN_TAG
+    assert doc["model"]["family"] == "cogvideox" and doc["model"]["patch_size"] == [1, 2, 2]
+    assert "patch_size_t" not in doc["model"] and "text_first" not in doc["model"]
+    assert doc["matching"]["partition"] == "fixed"
+    assert doc["provenance"]["upgraded_from"] == {"version": 1, "tag": GOLDEN_V1_TAG}
+    again = load_schedule(out)
+    assert again == golden and again.tag == GOLDEN_TAG
+    assert golden.save(tmp_path / "t.json").read_bytes() == out.read_bytes()  # deterministic
+
+
+def test_v1_upgrade_maps_text_first_and_patch(golden_doc):
+    golden_doc["model"].update(patch_size=2, patch_size_t=2, text_first=False)
+    del golden_doc["tag"]
+    s = Schedule.from_dict(golden_doc)
+    assert s.model.patch_size == (2, 2, 2) and s.model.text_layout == "last" and s.model.text_first is False
+    golden_doc["model"].update(text_len=0, text_first=True)
+    assert Schedule.from_dict(golden_doc).model.text_layout == "none"
 
 
 def test_each_rates_row_on_one_line(golden, tmp_path):
@@ -140,18 +259,23 @@ def test_each_rates_row_on_one_line(golden, tmp_path):
     assert "      [0.8, 0.8, 0.8, 0.8, 0.4, 0.4]," in lines
     assert "      [0.0, 0.0, 0.0, 0.0, 0.3, 0.3]" in lines
     assert '    "latent_grid": [13, 30, 45],' in lines
+    assert '    "patch_size": [1, 2, 2],' in lines
     assert lines[1] == '  "format": "asymrnr-schedule",'
+    assert lines[2] == '  "version": 2,'
     assert json.loads(text)["tag"] == GOLDEN_TAG
 
 
-def test_dataclass_dict_round_trips(golden):
+@pytest.mark.parametrize("path", [GOLDEN, GOLDEN_V2], ids=["v1", "v2"])
+def test_dataclass_dict_round_trips(path):
+    golden = load_schedule(path)
     assert ModelDescription.from_dict(golden.model.to_dict()) == golden.model
     assert SamplerDescription.from_dict(golden.sampler.to_dict()) == golden.sampler
     assert MatchingSettings.from_dict(golden.matching.to_dict()) == golden.matching
     assert Schedule.from_dict(golden.to_dict()).to_dict() == golden.to_dict()
     d = golden.to_dict()
-    assert d["format"] == FORMAT_NAME and d["version"] == FORMAT_VERSION == 1
+    assert d["format"] == FORMAT_NAME and d["version"] == FORMAT_VERSION == 2
     assert list(d) == ["format", "version", "tag", "model", "sampler", "matching", "rates", "provenance"]
+    assert sf.READABLE_VERSIONS == (1, 2) and sorted(fs.READERS) == [1, 2]
 
 
 def test_from_dict_where_prefixes_messages(golden):
@@ -166,7 +290,7 @@ def test_atomic_save_keeps_old_file_on_crash(golden, tmp_path, monkeypatch):
     golden.save(target)
     before = target.read_bytes()
     other = golden.with_rates(q=[[0.1] * 6] * 4)
-    real_iter = sf._iter_json
+    real_iter = fs._iter_json
 
     def crashing(obj, *a, **k):
         for i, chunk in enumerate(real_iter(obj, *a, **k)):
@@ -174,7 +298,7 @@ def test_atomic_save_keeps_old_file_on_crash(golden, tmp_path, monkeypatch):
                 raise OSError("disk full (simulated)")
             yield chunk
 
-    monkeypatch.setattr(sf, "_iter_json", crashing)
+    monkeypatch.setattr(fs, "_iter_json", crashing)
     with pytest.raises(OSError, match="disk full"):
         other.save(target)
     assert target.read_bytes() == before
@@ -210,6 +334,33 @@ def test_tag_sensitive_to_rates_and_settings(golden):
     d = golden.to_dict()
     d["sampler"]["timesteps"][0] = 998.0
     assert Schedule.from_dict(d).tag != golden.tag
+    # every version-2 record takes part
+    d = golden.to_dict()
+    d["matching"]["partition"] = "window"
+    assert Schedule.from_dict(d).tag != golden.tag
+    d = golden.to_dict()
+    d["sampler"]["config"] = {"flow_shift": 5.0}
+    assert Schedule.from_dict(d).tag != golden.tag
+    d = golden.to_dict()
+    d["model"]["cross_len"] = 1
+    assert Schedule.from_dict(d).tag != golden.tag
+
+
+def test_tag_format_uses_the_family(golden_v2):
+    assert re.fullmatch(r"wan-L4-q20-kv13-h07-s2-n6-[0-9a-f]{6}", golden_v2.tag)
+    # the family, never the class name; characters outside [a-z0-9-] become '-', so the tag stays file-safe
+    s = Schedule.zeros(_model(family="ltx_video.2", transformer_class="LTXVideoTransformer3DModel"), _sampler())
+    assert re.fullmatch(r"ltx-video-2-L3-q00-kv00-s4-n4-[0-9a-f]{6}", s.tag)
+    # the hash is the first 6 hex digits of the SHA-256 of the canonical JSON of the four records
+    content = {k: golden_v2.to_dict()[k] for k in ("model", "sampler", "matching", "rates")}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    assert golden_v2.tag.endswith("-" + hashlib.sha256(canonical.encode("ascii")).hexdigest()[:6])
+
+
+def test_tag_ignores_environment_provenance(golden_v2):
+    other = dataclasses.replace(golden_v2, provenance={**golden_v2.provenance, "dtype": "float32",
+                                                       "torch_version": "9.9", "model_id": None})
+    assert other.tag == golden_v2.tag
 
 
 def test_tag_shows_h_only_when_used(golden):
@@ -223,13 +374,23 @@ def test_stale_stored_tag_warns_and_is_recomputed(golden_doc, tmp_path, caplog):
     golden_doc["rates"]["q"][0][0] = 0.5  # edited by hand, stored tag left as it was
     path = tmp_path / "edited.json"
     path.write_text(json.dumps(golden_doc))
-    with caplog.at_level(logging.WARNING, logger="asymrnr.schedule_format"):
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
         schedule = load_schedule(path)
     assert schedule.tag != GOLDEN_TAG
     assert schedule.to_dict()["tag"] == schedule.tag
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 1
-    assert GOLDEN_TAG in messages[0] and schedule.tag in messages[0] and "edited" in messages[0]
+    assert GOLDEN_V1_TAG in messages[0] and schedule.tag in messages[0] and "edited" in messages[0]
+    assert schedule.provenance["upgraded_from"]["tag"] != GOLDEN_V1_TAG  # the v1 tag of the edited content
+
+
+def test_stale_stored_tag_warns_v2(golden_v2_doc, caplog):
+    golden_v2_doc["rates"]["kv"][1][0] = 0.25
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        schedule = Schedule.from_dict(golden_v2_doc)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1
+    assert GOLDEN_V2_TAG in messages[0] and schedule.tag in messages[0] and "edited" in messages[0]
 
 
 def test_tag_is_optional_on_read(golden_doc):
@@ -282,6 +443,141 @@ def test_duplicate_key_in_file(tmp_path):
         load_schedule(path)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Hostile files: refused at load with the key path or the cause, never a crash later
+# ---------------------------------------------------------------------------------------------------
+
+
+def _load_text(tmp_path, text: str | bytes, name="hostile.json"):
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    with pytest.raises(ScheduleFormatError) as info:
+        load_schedule(path)
+    msg = str(info.value)
+    assert str(path) in msg
+    return msg
+
+
+@pytest.mark.parametrize("where, old, key", [
+    (GOLDEN_V2, '"num_heads": 40', "model.num_heads must be <= 100000"),
+    (GOLDEN_V2, '"seed": 3', "matching.seed must be <="),
+    (GOLDEN_V2, '"flow_shift": 12.0', "sampler.config.flow_shift is an integer of 5000 digits"),
+    (GOLDEN_V2, '"dtype": "bfloat16"', "provenance.dtype is an integer of 5000 digits"),
+    (GOLDEN, '"version": 1', "unsupported schedule version <an integer of 5000 digits>"),
+])
+def test_integer_of_5000_digits_names_its_key(tmp_path, where, old, key):
+    # json.loads alone raises a bare ValueError (Python converts at most 4,300 digits)
+    huge = "9" * 5000
+    with pytest.raises(ValueError):
+        json.loads(huge)
+    text = where.read_text().replace(old, old.split(":")[0] + ": " + huge)
+    msg = _load_text(tmp_path, text)
+    assert key in msg
+    assert len(msg) < 1000  # the number is never spelled out
+
+
+def test_integer_of_5000_digits_in_rates(tmp_path):
+    text = GOLDEN_V2.read_text().replace("[0.6, 0.6, 0.5", "[-" + "1" * 5000 + ", 0.6, 0.5")
+    msg = _load_text(tmp_path, text)
+    assert "rates.q[0][0] (block 0, step 0) must be a number in [0, 1), got an integer of 5000 digits" in msg
+
+
+@pytest.mark.parametrize("old, new, key", [
+    ("[0.6, 0.6, 0.5", "[1e999, 0.6, 0.5", "rates.q[0][0] (block 0, step 0) is +inf"),
+    ("[0.3, 0.3, 0.0", "[-1e999, 0.3, 0.0", "rates.q[1][0] (block 1, step 0) is -inf"),
+    ("999.0, 983.0", "999.0, 1e999", "sampler.timesteps[1] is +inf"),
+    ('"flow_shift": 12.0', '"flow_shift": 1e999', "sampler.config.flow_shift is +inf"),
+    ('"source": "hand-written"', '"source": [1e999]', "provenance.source[0] is +inf"),
+    ('"stride": [1, 2, 2]', '"stride": [100000000000000000000, 2, 2]', "matching.stride[0] must be <= 1024"),
+    ('"num_heads": 40', '"num_heads": 1000000000000000000000000000000', "model.num_heads must be <= 100000"),
+    ('"num_blocks": 4', '"num_blocks": 4.0', "model.num_blocks must be an integer"),
+])
+def test_hostile_values_in_file(tmp_path, old, new, key):
+    text = GOLDEN_V2.read_text()
+    assert old in text
+    assert key in _load_text(tmp_path, text.replace(old, new, 1))
+
+
+def test_deep_nesting_is_refused(tmp_path):
+    msg = _load_text(tmp_path, "[" * 100_000 + "]" * 100_000, "deep.json")
+    assert "nested too deeply" in msg
+    deep = "[" * 200 + "]" * 200  # parses, but no schedule value is nested like that
+    msg = _load_text(tmp_path, GOLDEN_V2.read_text().replace('"hand-written"', deep), "deep2.json")
+    assert "provenance.source" in msg and "nested more than 32 levels" in msg
+    msg = _load_text(tmp_path, GOLDEN_V2.read_text().replace("[0.6, 0.6, 0.5", "[" + deep + ", 0.6, 0.5"), "deep3.json")
+    assert "rates.q[0][0] (block 0, step 0) must be a number" in msg
+
+
+def test_duplicate_key_in_v2_file(tmp_path):
+    msg = _load_text(tmp_path, GOLDEN_V2.read_text().replace('"family": "wan"', '"family": "wan", "family": "x"'))
+    assert "duplicate key 'family'" in msg
+
+
+def test_non_utf8_file(tmp_path):
+    text = GOLDEN_V2.read_bytes().replace(b"hand-written", b"hand-wr\xe9tten")  # latin-1, not UTF-8
+    msg = _load_text(tmp_path, text)
+    assert "corrupt or truncated" in msg and "not UTF-8 text" in msg
+
+
+def test_file_over_64_mib_is_refused_before_reading(tmp_path, monkeypatch):
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:  # sparse: costs no disk
+        f.truncate(64 * 2**20 + 1)
+    reads = []
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(fs.os, "fdopen", lambda *a, **k: reads.append(a) or real_fdopen(*a, **k))
+    with pytest.raises(ScheduleFormatError, match="larger than the 64 MiB a schedule may be") as info:
+        load_schedule(big)
+    assert str(big) in str(info.value) and "67,108,865 bytes" in str(info.value)
+    assert reads == []  # refused from its size, never opened for reading
+    # exactly at the limit it is read (and then refused as not JSON)
+    with open(big, "r+b") as f:
+        f.truncate(64 * 2**20)
+    with pytest.raises(ScheduleFormatError, match="corrupt or truncated"):
+        load_schedule(big)
+
+
+def test_file_growing_past_the_limit_while_read(tmp_path, monkeypatch):
+    path = tmp_path / "s.json"
+    path.write_bytes(GOLDEN_V2.read_bytes())
+    monkeypatch.setattr(fs, "MAX_FILE_BYTES", 100)
+    with pytest.raises(ScheduleFormatError, match="larger than"):
+        load_schedule(path)
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this system")
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    result = {}
+
+    def read():
+        try:
+            load_schedule(fifo)
+        except ScheduleFormatError as exc:
+            result["error"] = str(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():  # unblock it before failing
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("load_schedule blocked on a FIFO")
+    assert "is a FIFO (named pipe), not a regular file" in result["error"] and str(fifo) in result["error"]
+
+
+def test_device_is_refused():
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    with pytest.raises(ScheduleFormatError, match="'/dev/zero' is a character device, not a regular file"):
+        load_schedule("/dev/zero")
+
+
 def test_nan_in_file_names_cell_and_path(golden_doc, tmp_path):
     golden_doc["rates"]["q"][2][4] = float("nan")
     path = tmp_path / "nan.json"
@@ -311,7 +607,8 @@ BAD_CASES = [
     ("root-list", (), [1], ["not an asymrnr schedule", "JSON object"]),
     ("no-format", ("format",), _DELETE, ["not an asymrnr schedule", "'format' is missing", "asymrnr-schedule"]),
     ("other-format", ("format",), "asymrnr-stats", ["format is 'asymrnr-stats'", "expected 'asymrnr-schedule'"]),
-    ("version-2", ("version",), 2, ["unsupported schedule version 2", "reads schedule version(s) 1", "upgrade asymrnr"]),
+    ("version-3", ("version",), 3, ["unsupported schedule version 3", "reads schedule version(s) 1, 2", "upgrade asymrnr"]),
+    ("version-0", ("version",), 0, ["unsupported schedule version 0", "no asymrnr writes it", "corrupt"]),
     ("version-str", ("version",), "1", ["version must be an integer", "'1' (string)"]),
     ("no-version", ("version",), _DELETE, ["missing key 'version'"]),
     ("no-model", ("model",), _DELETE, ["missing key 'model'"]),
@@ -338,7 +635,7 @@ BAD_CASES = [
     ("metric", ("matching", "metric"), "l2",
      ["unknown metric 'l2' at matching.metric", "allowed: euclidean, cosine, dot, random"]),
     ("reduce-op", ("matching", "reduce_op"), "max", ["unknown reduce_op 'max'", "allowed: discard, mean"]),
-    ("granularity", ("matching", "granularity"), "token", ["unknown granularity 'token'", "allowed: joint, head"]),
+    ("granularity", ("matching", "granularity"), "token", ["unknown granularity 'token'", "allowed: head, joint"]),
     ("cache-steps-0", ("matching", "cache_steps"), 0, ["matching.cache_steps must be >= 1, got 0"]),
     ("stride-0", ("matching", "stride", 1), 0, ["matching.stride[1] must be >= 1, got 0"]),
     ("stride-len", ("matching", "stride"), [2, 2], ["matching.stride must hold 3 integers"]),
@@ -362,6 +659,60 @@ BAD_CASES = [
     ("provenance-list", ("provenance",), [], ["provenance must be a JSON object"]),
     ("provenance-notes", ("provenance", "notes"), 5, ["provenance.notes must be a string"]),
     ("tag-int", ("tag",), 5, ["tag must be a string"]),
+    # version-1 files hold version-1 keys only (and are told so)
+    ("v1-family", ("model", "family"), "cogvideox",
+     ["unknown key 'model.family'", "model of a version 1 file holds only", "patch_size_t"]),
+    ("v1-partition", ("matching", "partition"), "window", ["unknown key 'matching.partition'", "version 1"]),
+    ("v1-config", ("sampler", "config"), {}, ["unknown key 'sampler.config'", "version 1"]),
+    ("v1-no-text-first", ("model", "text_first"), _DELETE, ["missing key 'model.text_first'", "version 1"]),
+    ("v1-text-first-str", ("model", "text_first"), "yes", ["model.text_first must be true or false"]),
+    ("v1-patch-str", ("model", "patch_size"), "2", ["model.patch_size", "must be an integer", "'2' (string)"]),
+    ("v1-patch-0", ("model", "patch_size_t"), 0, ["model.patch_size_t", "must be >= 1, got 0"]),
+    ("v1-patch-huge", ("model", "patch_size"), 10**20, ["model.patch_size", "must be <= 1024"]),
+    # bounded integers: hostile values are refused at load, with their key path
+    ("num-heads-huge", ("model", "num_heads"), 10**30, ["model.num_heads must be <= 100000", "the file is corrupt"]),
+    ("stride-huge", ("matching", "stride", 0), 10**20, ["matching.stride[0] must be <= 1024"]),
+    ("grid-huge", ("model", "latent_grid", 2), 10**12, ["model.latent_grid[2] must be <= 1000000"]),
+    ("seed-huge", ("matching", "seed"), 2**64, ["matching.seed must be <="]),
+    ("cache-huge", ("matching", "cache_steps"), 10**9, ["matching.cache_steps must be <= 100000"]),
+    ("version-huge", ("version",), 10**40, ["unsupported schedule version", "an integer of about 41 digits", "corrupt"]),
+    ("rate-huge-int", ("rates", "q", 0, 0), 10**400, ["rates.q[0][0] (block 0, step 0) must be a number"]),
+    ("provenance-huge-int", ("provenance", "n"), 10**30, ["provenance.n is", "below 10^18"]),
+    ("provenance-inf", ("provenance", "x"), float("inf"), ["provenance.x is +inf"]),
+    ("provenance-deep", ("provenance", "deep"), json.loads("[" * 40 + "]" * 40),
+     ["provenance.deep", "nested more than 32 levels"]),
+    ("class-long", ("model", "transformer_class"), "X" * 20_000, ["model.transformer_class is 20000 characters"]),
+]
+
+_GRID = [13, 30, 45]
+V2_BAD_CASES = [
+    ("v2-no-family", ("model", "family"), _DELETE, ["missing key 'model.family'", "a version 2 file needs"]),
+    ("v2-family-bad", ("model", "family"), "Wan 2.2", ["model.family 'Wan 2.2' is not a family name"]),
+    ("v2-patch-int", ("model", "patch_size"), 2, ["model.patch_size must be an array"]),
+    ("v2-patch-len", ("model", "patch_size"), [2, 2], ["model.patch_size must hold 3 integers, got 2 entries"]),
+    ("v2-patch-t", ("model", "patch_size_t"), 1, ["unknown key 'model.patch_size_t'", "version 2"]),
+    ("v2-text-first", ("model", "text_first"), True, ["unknown key 'model.text_first'"]),
+    ("v2-layout", ("model", "text_layout"), "middle", ["unknown text_layout 'middle'", "allowed: first, last, none"]),
+    ("v2-layout-text", ("model", "text_layout"), "first", ["model.text_layout is 'first' but model.text_len is 0"]),
+    ("v2-cross-neg", ("model", "cross_len"), -1, ["model.cross_len must be >= 0"]),
+    ("v2-kinds", ("model", "block_kinds"), ["block"] * 3, ["model.block_kinds has 3 entries but model.num_blocks is 4"]),
+    ("v2-num-heads-huge", ("model", "num_heads"), 10**30, ["model.num_heads must be <= 100000"]),
+    ("v2-config-list", ("sampler", "config"), [1], ["sampler.config must be a JSON object"]),
+    ("v2-config-inf", ("sampler", "config", "flow_shift"), float("inf"), ["sampler.config.flow_shift is +inf"]),
+    ("v2-transformers-dup", ("sampler", "transformers"), ["transformer", "transformer"],
+     ["sampler.transformers must name each transformer component once"]),
+    ("v2-step-len", ("sampler", "step_transformer"), [0, 1], ["sampler.step_transformer has 2 entries", "num_steps is 6"]),
+    ("v2-step-index", ("sampler", "step_transformer", 5), 2, ["sampler.step_transformer holds 2", "only 2 entries"]),
+    ("v2-timestep-inf", ("sampler", "timesteps", 0), float("inf"), ["sampler.timesteps[0] is +inf"]),
+    ("v2-partition", ("matching", "partition"), "random", ["unknown partition 'random'", "allowed: window, fixed"]),
+    ("v2-no-partition", ("matching", "partition"), _DELETE, None),  # optional: defaults to "window"
+    ("v2-stride-huge", ("matching", "stride", 0), 10**20, ["matching.stride[0] must be <= 1024"]),
+    ("v2-h-and-kv", ("rates", "h", 0, 0), 0.1, ["rates.h[0][0] = 0.1 and rates.q[0][0] = 0.6 are both non-zero"]),
+    ("v2-h-and-kv-only", ("rates", "h", 1, 2), 0.1, ["rates.h[1][2] = 0.1 and rates.kv[1][2] = 0.1 are both non-zero"]),
+    ("v2-provenance-dtype", ("provenance", "dtype"), 16, ["provenance.dtype must be a string or null"]),
+    ("v2-provenance-model-id-null", ("provenance", "model_id"), None, None),
+    ("v2-version-1", ("version",), 1, ["missing key 'model.patch_size_t'", "version 1 file"]),
+    ("v2-unknown-root", ("schedule",), {}, ["unknown key 'schedule'", "version 2 file"]),
 ]
 
 
@@ -372,6 +723,18 @@ def test_bad_documents_raise_clear_errors(golden_doc, path, value, fragments):
         _set(doc, path, value)
     with pytest.raises(ScheduleFormatError) as info:
         Schedule.from_dict(doc)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("path, value, fragments", [c[1:] for c in V2_BAD_CASES], ids=[c[0] for c in V2_BAD_CASES])
+def test_bad_v2_documents_raise_clear_errors(golden_v2_doc, path, value, fragments):
+    _set(golden_v2_doc, path, value)
+    if fragments is None:  # valid
+        Schedule.from_dict(golden_v2_doc)
+        return
+    with pytest.raises(ScheduleFormatError) as info:
+        Schedule.from_dict(golden_v2_doc)
     for fragment in fragments:
         assert fragment in str(info.value)
 
@@ -395,9 +758,11 @@ def _paths(node, prefix=()):
             yield from _paths(value, prefix + (i,))
 
 
-def test_no_mutation_escapes_as_a_bare_exception(golden_doc):
+@pytest.mark.parametrize("golden_path", [GOLDEN, GOLDEN_V2], ids=["v1", "v2"])
+def test_no_mutation_escapes_as_a_bare_exception(golden_path):
     """Every key deleted or replaced by a value of another type: valid, or a ScheduleFormatError."""
-    replacements = [_DELETE, None, "x", 0.5, -3, True, [], {}, [[1]]]
+    golden_doc = json.loads(golden_path.read_text(encoding="utf-8"))
+    replacements = [_DELETE, None, "x", 0.5, -3, True, [], {}, [[1]], 10**30, float("inf"), [[[[[[1]]]]]] * 100]
     checked = 0
     for path in list(_paths(golden_doc))[1:]:
         for value in replacements:
@@ -482,9 +847,6 @@ def test_provenance_must_be_json(golden):
 # Schedule.uniform with a tiny CogVideoX transformer
 # ---------------------------------------------------------------------------------------------------
 
-needs_arch = pytest.mark.skipif(importlib.util.find_spec("asymrnr.arch") is None, reason="asymrnr.arch not written yet")
-
-
 @pytest.fixture(scope="module")
 def tiny_transformer():
     diffusers = pytest.importorskip("diffusers")
@@ -507,17 +869,31 @@ def tiny_transformer():
     )
 
 
+class _Config(dict):
+    """A pipeline config: a dict whose keys are also attributes (as diffusers' FrozenDict)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 class _Pipe:
-    def __init__(self, transformer, scheduler):
+    def __init__(self, transformer, scheduler, name_or_path=None, **components):
         self.transformer = transformer
         self.scheduler = scheduler
+        self.config = _Config(_name_or_path=name_or_path, **components.pop("config", {}))
+        for name, value in components.items():
+            setattr(self, name, value)
 
 
-@needs_arch
 def test_uniform_bare_transformer(tiny_transformer, tmp_path):
     s = Schedule.uniform(tiny_transformer, 5, q=0.3, kv=0.2, cache_steps=2, seed=7, notes="smoke")
     assert s.sampler == SamplerDescription(None, 5, None)
     assert s.model.transformer_class == "CogVideoXTransformer3DModel"
+    assert s.model.family == "cogvideox" and s.model.patch_size == (1, 2, 2) and s.model.text_layout == "first"
+    assert s.matching.granularity == "head" and s.matching.partition == "window"  # the v2 defaults
     assert s.model.num_blocks == 2 and s.model.num_heads == 2 and s.model.head_dim == 16
     assert s.model.rope is True and s.model.text_len == 16
     assert s.model.latent_grid == (3, 4, 4)
@@ -529,7 +905,6 @@ def test_uniform_bare_transformer(tiny_transformer, tmp_path):
     assert load_schedule(s.save(tmp_path / "u.json")).to_dict() == s.to_dict()
 
 
-@needs_arch
 def test_uniform_pipeline_records_timesteps(tiny_transformer):
     from diffusers import CogVideoXDDIMScheduler
 
@@ -545,7 +920,59 @@ def test_uniform_pipeline_records_timesteps(tiny_transformer):
     assert s.mean_rate("kv") == pytest.approx(0.4) and s.mean_rate("q") == 0.0
 
 
-@needs_arch
+def test_uniform_records_environment_provenance(tiny_transformer):
+    import diffusers
+    import torch
+    from diffusers import CogVideoXDDIMScheduler
+
+    bare = Schedule.uniform(tiny_transformer, 3, q=0.1, notes="env")
+    prov = bare.provenance
+    assert list(prov) == ["tool_version", "created", "notes", "source", "model_id", "dtype", "torch_version",
+                          "diffusers_version"]
+    assert prov["tool_version"] == asymrnr.__version__ and prov["notes"] == "env" and prov["source"] == "uniform"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", prov["created"])
+    assert prov["model_id"] is None  # built in code: no _name_or_path
+    assert prov["dtype"] == "float32"
+    assert prov["torch_version"] == torch.__version__ and prov["diffusers_version"] == diffusers.__version__
+    # a pipeline's name wins over the transformer's
+    pipe = _Pipe(tiny_transformer, CogVideoXDDIMScheduler(), name_or_path="THUDM/CogVideoX-5b")
+    assert Schedule.uniform(pipe, 3).provenance["model_id"] == "THUDM/CogVideoX-5b"
+    assert fs.environment_provenance(pipe)["model_id"] == "THUDM/CogVideoX-5b"
+    bf16 = copy.deepcopy(tiny_transformer).to(torch.bfloat16)
+    bf16.register_to_config(_name_or_path="some/checkpoint")
+    env = fs.environment_provenance(bf16)
+    assert env == {"tool_version": asymrnr.__version__, "model_id": "some/checkpoint", "dtype": "bfloat16",
+                   "torch_version": torch.__version__, "diffusers_version": diffusers.__version__}
+    # provenance never changes the tag
+    assert Schedule.uniform(bf16, 3, q=0.1, notes="other").tag == bare.tag
+
+
+def test_uniform_wan22_two_experts(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+
+    def expert(seed):
+        import torch
+
+        torch.manual_seed(seed)
+        return diffusers.WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+            text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+        )
+
+    scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                  flow_shift=12.0)
+    pipe = _Pipe(expert(0), scheduler, transformer_2=expert(1), config={"boundary_ratio": 0.875})
+    s = Schedule.uniform(pipe, 6, kv=0.3, latent_grid=(3, 4, 4))
+    assert s.model.family == "wan" and s.model.text_layout == "none" and s.model.cross_len == 512
+    assert s.sampler.scheduler_class == "UniPCMultistepScheduler"
+    assert s.sampler.timesteps == (999.0, 983.0, 960.0, 923.0, 857.0, 707.0)
+    assert s.sampler.transformers == ("transformer", "transformer_2")
+    assert s.sampler.step_transformer == (0, 0, 0, 0, 1, 1)
+    assert s.sampler.config["flow_shift"] == 12.0
+    assert re.fullmatch(r"wan-L2-q00-kv30-s4-n6-[0-9a-f]{6}", s.tag)
+    assert load_schedule(s.save(tmp_path / "wan.json")) == s
+
+
 def test_uniform_rejects_bad_rates(tiny_transformer):
     with pytest.raises(ScheduleFormatError, match="Schedule.uniform: h=0.2 together with q=0.1"):
         Schedule.uniform(tiny_transformer, 4, q=0.1, h=0.2)
@@ -568,3 +995,90 @@ def test_saved_file_permissions_follow_umask(golden, tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_inspect_summary_shows_provenance_versions(golden, golden_v2):
+    from asymrnr.inspect_text import schedule_summary
+
+    lines = schedule_summary(golden_v2).splitlines()
+    assert ("  versions  asymrnr 0.1.0, torch 2.13.0, diffusers 0.42.1; model Wan-AI/Wan2.2-T2V-A14B-Diffusers "
+            "(bfloat16)") in lines
+    lines = schedule_summary(golden).splitlines()
+    assert f"  versions  asymrnr 0.1.0; read from a version 1 file, tagged {GOLDEN_V1_TAG} there" in lines
+    bare = dataclasses.replace(golden_v2, provenance={})
+    assert not any(line.startswith("  versions") for line in schedule_summary(bare).splitlines())
+
+
+# ---------------------------------------------------------------------------------------------------
+# docs/schedule-format.md stays in sync with the records' field specs
+# ---------------------------------------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "schedule-format.md"
+
+
+def _doc_rows(heading: str) -> list[list[str]]:
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index(heading + "\n")
+    end = min(i for i in (text.find("\n## ", start + 1), text.find("\n### ", start + 1), len(text)) if i > 0)
+    rows = [line for line in text[start:end].splitlines() if line.startswith("| `")]
+    return [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in rows]
+
+
+def _doc_type(fs) -> str:
+    names = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "json": "object"}
+    if fs.kind in names:
+        text = names[fs.kind]
+    else:
+        text = f"[{names[fs.kind[:-1]]}]" + (f" x {fs.length}" if fs.length else "")
+    return text + (" or null" if fs.nullable else "")
+
+
+def _doc_bounds(fs) -> str:
+    kind = fs.kind[:-1] if fs.kind in ("ints", "floats", "strs") else fs.kind
+    bound = lambda x: "2^63-1" if x == 2**63 - 1 else str(int(x))  # noqa: E731
+    if kind == "int":
+        text = f"{bound(fs.minimum)} .. {bound(fs.maximum)}"
+    elif kind == "float":
+        text = "finite"
+    elif kind == "str":
+        text = ", ".join(f"`{c}`" for c in fs.choices) if fs.choices else "non-empty"
+    elif kind == "json":
+        text = "JSON values"
+    else:
+        text = ""
+    return f"each {text}" if kind != fs.kind else text
+
+
+@pytest.mark.parametrize("cls, heading", [
+    (ModelDescription, "### `model`"), (SamplerDescription, "### `sampler`"), (MatchingSettings, "### `matching`"),
+])
+def test_doc_tables_match_the_field_specs(cls, heading):
+    from asymrnr.formats.fields import field_specs
+
+    rows = _doc_rows(heading)
+    specs = field_specs(cls)
+    assert [row[0].strip("`") for row in rows] == [name for name, _, _ in specs]
+    defaults = {f.name: f for f in dataclasses.fields(cls)}
+    for row, (name, fs, required) in zip(rows, specs):
+        assert row[1] == _doc_type(fs), name
+        assert row[2] == _doc_bounds(fs), name
+        if required:
+            assert row[3] == "required", name
+        else:
+            f = defaults[name]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            plain = list(default) if isinstance(default, tuple) else default
+            assert row[3] == f"`{json.dumps(plain)}`", name
+
+
+def test_doc_root_and_v1_tables_match_the_code():
+    assert [row[0].strip("`") for row in _doc_rows("## Root object")] == list(fs.ROOT_KEYS)
+    v1 = {}
+    for row in _doc_rows("### Version 1 and its upgrade"):  # the key table comes before the upgrade table
+        if row[0] in ("`model`", "`sampler`", "`matching`"):
+            v1.setdefault(row[0].strip("`"), re.findall(r"`(\w+)`", row[1]))
+    from asymrnr.formats.descriptions import V1_MATCHING_KEYS, V1_MODEL_KEYS
+
+    assert v1 == {"model": list(V1_MODEL_KEYS), "sampler": list(fs.V1_SAMPLER_KEYS), "matching": list(V1_MATCHING_KEYS)}
+    text = DOC.read_text(encoding="utf-8")
+    assert GOLDEN_V2_TAG in text and f"{fs.MAX_FILE_BYTES // 2**20} MiB" in text

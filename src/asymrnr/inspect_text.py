@@ -64,6 +64,24 @@ def _fmt_flops(x: float) -> str:
     return f"{x / 1e15:.3f}e15" if x >= 1e13 else f"{x:.4g}"
 
 
+def _provenance_versions(prov: dict) -> str:
+    """``asymrnr 0.1.0, torch 2.13.0, diffusers 0.42.1; model THUDM/CogVideoX-5b (bfloat16); ...`` from the
+    provenance keys that are present (empty when none is)."""
+    parts = []
+    tools = [f"{name} {prov[key]}" for name, key in (("asymrnr", "tool_version"), ("torch", "torch_version"),
+                                                      ("diffusers", "diffusers_version")) if prov.get(key)]
+    if tools:
+        parts.append(", ".join(tools))
+    if prov.get("model_id") or prov.get("dtype"):
+        model = str(prov.get("model_id") or "unnamed model")
+        parts.append(f"model {model}" + (f" ({prov['dtype']})" if prov.get("dtype") else ""))
+    upgraded = prov.get("upgraded_from")
+    if isinstance(upgraded, dict) and upgraded.get("version") is not None:
+        was = f", tagged {upgraded['tag']} there" if upgraded.get("tag") else ""
+        parts.append(f"read from a version {upgraded['version']} file{was}")
+    return "; ".join(parts)
+
+
 def schedule_summary(schedule) -> str:
     """A human-readable summary: identity, model, sampler, matching, rates by block group and step range,
     predicted FLOPs and speedup, and warnings."""
@@ -99,6 +117,9 @@ def schedule_summary(schedule) -> str:
     if prov.get("created"):
         origin.append(f"created {prov['created']}")
     lines.append(f"  origin    {', '.join(origin)}")
+    versions = _provenance_versions(prov)
+    if versions:
+        lines.append(f"  versions  {versions}")
     if prov.get("notes"):
         lines.append(f"  notes     {prov['notes']}")
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from .. import vocab
 from ..errors import ScheduleFormatError
-from .fields import check_keys, json_copy, spec, to_json, validate_fields
+from .fields import check_int, check_keys, got, json_copy, spec, to_json, validate_fields
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: Block kind of every site of a family with one kind of self-attention block.
@@ -200,10 +200,11 @@ def upgrade_model_v1(d: Any, where: str = "model") -> dict:
     spatial = out.pop("patch_size", None)
     temporal = out.pop("patch_size_t", None)
     text_first = out.pop("text_first", True)
-    if not isinstance(spatial, int) or isinstance(spatial, bool):
-        raise ScheduleFormatError(f"{where}.patch_size of a version 1 file must be an integer, got {spatial!r}")
-    if not isinstance(temporal, int) or isinstance(temporal, bool):
-        raise ScheduleFormatError(f"{where}.patch_size_t of a version 1 file must be an integer, got {temporal!r}")
+    # checked here, under their version-1 key paths (the version-2 check would name model.patch_size[1])
+    spatial = check_int(spatial, f"{where}.patch_size (a version 1 file's spatial patch)", minimum=1, maximum=1024)
+    temporal = check_int(temporal, f"{where}.patch_size_t (a version 1 file's temporal patch)", minimum=1, maximum=1024)
+    if not isinstance(text_first, bool):
+        raise ScheduleFormatError(f"{where}.text_first must be true or false, {got(text_first)}")
     out["patch_size"] = [temporal, spatial, spatial]
     out["family"] = "cogvideox"
     text_len = out.get("text_len")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import reprlib
 from dataclasses import MISSING, dataclass
 from typing import Any, Mapping
 
@@ -59,6 +60,37 @@ def spec(kind: str, *, default: Any = MISSING, length=None, minimum=None, maximu
     return dataclasses.field(default=default, metadata=meta)
 
 
+#: Integer literals longer than this are not converted by :func:`parse_json_int`.
+MAX_INT_DIGITS = 4000
+
+
+class OversizedInt(int):
+    """Stands in for an integer literal of more than :data:`MAX_INT_DIGITS` digits in a parsed file.
+
+    Python refuses to convert literals past 4,300 digits (``json.loads`` raises a bare ``ValueError``);
+    parsing with ``parse_int=parse_json_int`` keeps such a value instead, as a number beyond every bound,
+    so that validation refuses it with its key path. :func:`got` shows it by its number of digits.
+    """
+
+    digits: int
+
+    def __new__(cls, literal: str) -> "OversizedInt":
+        huge = 10**MAX_INT_DIGITS
+        obj = super().__new__(cls, -huge if literal.startswith("-") else huge)
+        obj.digits = len(literal.lstrip("-"))
+        return obj
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+    __str__ = __repr__
+
+
+def parse_json_int(literal: str) -> int:
+    """``parse_int`` hook of ``json.loads``: ``int``, or an :class:`OversizedInt` for a huge literal."""
+    return int(literal) if len(literal) <= MAX_INT_DIGITS else OversizedInt(literal)
+
+
 def type_name(value: Any) -> str:
     if value is None:
         return "null"
@@ -77,14 +109,25 @@ def type_name(value: Any) -> str:
     return type(value).__name__
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 8, 8, 6, 60, 60
+
+
 def got(value: Any) -> str:
-    """``got 12 (integer)``, shortened for long values."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)) > 10**30:
+    """``got 12 (integer)``, shortened for long values.
+
+    Containers are shown only to a few levels and entries (a hostile file's 10^6-entry or 900-level value
+    must not be rendered whole), huge integers by their number of digits (``repr`` of one with more than
+    4,300 digits raises).
+    """
+    if isinstance(value, OversizedInt):
+        text = f"an integer of {value.digits} digits"
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)) > 10**30:
         text = f"an integer of about {int(abs(int(value)).bit_length() * 0.30103) + 1} digits"
     else:
         try:
-            text = repr(value)
-        except Exception:  # pragma: no cover - exotic objects
+            text = _REPR.repr(value) if isinstance(value, (list, tuple, dict)) else repr(value)
+        except Exception:  # exotic objects, or nesting deeper than the recursion limit
             text = f"<{type(value).__name__}>"
         if len(text) > 60:
             text = text[:57] + "..."
@@ -168,36 +211,49 @@ def check_value(value: Any, fs: FieldSpec, where: str, error=ScheduleFormatError
     if kind in ("ints", "floats", "strs"):
         items = as_sequence(value, where, error)
         if fs.length is not None and len(items) != fs.length:
-            raise error(f"{where} must hold {fs.length} entries, got {len(items)}: {got(items)}")
+            noun = {"ints": "integers", "floats": "numbers", "strs": "strings"}[kind]
+            raise error(f"{where} must hold {fs.length} {noun}, got {len(items)} entries: {got(items)}")
         one = FieldSpec(kind[:-1], minimum=fs.minimum, maximum=fs.maximum, choices=fs.choices)
         return tuple(check_value(v, one, f"{where}[{i}]", error) for i, v in enumerate(items))
     raise AssertionError(f"unknown field kind {kind!r}")
 
 
-def json_copy(value: Any, where: str, error=ScheduleFormatError, depth: int = 0) -> Any:
-    """A deep copy of a JSON value (objects with string keys, arrays, strings, finite numbers, booleans, null)."""
-    if depth > 32:
-        raise error(f"{where} is nested more than 32 levels deep")
+#: Deepest nesting of a free JSON value (``provenance``, ``sampler.config``).
+MAX_JSON_DEPTH = 32
+
+
+def json_copy(value: Any, where: str, error=ScheduleFormatError, depth: int = 0, root: str | None = None) -> Any:
+    """A deep copy of a JSON value (objects with string keys, arrays, strings, finite numbers, booleans, null).
+
+    Integers must stay below 10^18 in magnitude, floats must be finite, nesting at most
+    :data:`MAX_JSON_DEPTH` levels deep; every error names the key path.
+    """
+    root = where if root is None else root
+    if depth > MAX_JSON_DEPTH:
+        raise error(f"{where} is nested more than {MAX_JSON_DEPTH} levels deep (in {root}); flatten it")
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise error(f"{where} keys must be strings, {got(k)}")
-            out[k] = json_copy(v, f"{where}.{k}", error, depth + 1)
+            out[k] = json_copy(v, f"{where}.{k}", error, depth + 1, root)
         return out
     if isinstance(value, (list, tuple)):
-        return [json_copy(v, f"{where}[{i}]", error, depth + 1) for i, v in enumerate(value)]
+        return [json_copy(v, f"{where}[{i}]", error, depth + 1, root) for i, v in enumerate(value)]
     if isinstance(value, bool) or value is None or isinstance(value, str):
+        if isinstance(value, str) and len(value) > 100_000:
+            raise error(f"{where} is a string of {len(value)} characters; at most 100,000 are allowed")
         return value
     if isinstance(value, numbers.Integral):
-        return check_int(value, where, maximum=None, error=error) if abs(int(value)) < 10**18 else _too_big(value, where, error)
+        if abs(int(value)) >= 10**18:
+            raise error(f"{where} is {got(value)[4:]}; integers here must stay below 10^18")
+        return int(value)
     if isinstance(value, numbers.Real):
         return check_float(value, where, error=error)
-    raise error(f"{where} must hold only JSON values (strings, numbers, lists, objects), {got(value)}")
-
-
-def _too_big(value, where, error):
-    raise error(f"{where} is {got(value)}; integers here must stay below 10^18")
+    raise error(
+        f"{root} must hold only JSON values (strings, numbers, lists, objects, true/false, null): {where} is "
+        f"{got(value)[4:]}"
+    )
 
 
 def field_specs(cls) -> list[tuple[str, FieldSpec, bool]]:
@@ -220,11 +276,18 @@ def validate_fields(obj: Any, where: str, error=ScheduleFormatError) -> None:
 def check_keys(d: Any, cls, where: str, *, version: int, fix: str, error=ScheduleFormatError,
                extra_optional: tuple[str, ...] = ()) -> Mapping:
     """``d`` is a JSON object holding every required field of ``cls`` and no unknown key."""
+    specs = field_specs(cls)
+    required = tuple(n for n, _, req in specs if req)
+    optional = tuple(n for n, _, req in specs if not req) + tuple(extra_optional)
+    return check_key_names(d, where, required, optional, version=version, fix=fix, error=error)
+
+
+def check_key_names(d: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = (), *, version: int,
+                    fix: str, error=ScheduleFormatError) -> Mapping:
+    """``d`` is a JSON object holding every key of ``required``, and no key outside ``required + optional``."""
     if not isinstance(d, Mapping):
         raise error(f"{where or 'the root'} must be a JSON object, {got(d)}; {fix}")
-    specs = field_specs(cls)
-    required = [n for n, _, req in specs if req]
-    allowed = {n for n, _, _ in specs} | set(extra_optional)
+    allowed = set(required) | set(optional)
     prefix = f"{where}." if where else ""
     for key in required:
         if key not in d:
@@ -235,7 +298,8 @@ def check_keys(d: Any, cls, where: str, *, version: int, fix: str, error=Schedul
     for key in d:
         if key not in allowed:
             raise error(
-                f"unknown key '{prefix}{key}'; {where or 'the root object'} of a version {version} file holds "
+                f"unknown key '{prefix}{str(key)[:60]}'; {where or 'the root object'} of a version {version} file "
+                f"holds "
                 f"only {', '.join(sorted(allowed))}: fix the spelling or remove it (if the file was written by a "
                 "newer asymrnr, upgrade asymrnr)"
             )
@@ -259,7 +323,8 @@ def _plain(value: Any) -> Any:
 
 
 __all__ = [
-    "MAX_INT", "FieldSpec", "spec", "type_name", "got", "nonfinite_name", "as_sequence", "check_int",
-    "check_float", "check_str", "check_value", "json_copy", "field_specs", "validate_fields", "check_keys",
-    "to_json",
+    "MAX_INT", "MAX_INT_DIGITS", "OversizedInt", "parse_json_int", "FieldSpec", "spec", "type_name", "got",
+    "nonfinite_name", "as_sequence", "check_int",
+    "check_float", "check_str", "check_value", "json_copy", "MAX_JSON_DEPTH", "field_specs", "validate_fields",
+    "check_keys", "check_key_names", "to_json",
 ]
