@@ -803,7 +803,8 @@ def test_v2_round_trip_with_transformers_step_transformer_and_scheduler_config(t
     # another expert split, scheduler config or partition is another set of statistics
     for override, key in (
         ({"generation": {**WAN_GENERATION, "step_transformer": [0, 0, 1, 1, 1]}}, "generation.step_transformer"),
-        ({"generation": {**WAN_GENERATION, "scheduler_config": {**WAN_GENERATION["scheduler_config"], "flow_shift": 5.0}}},
+        ({"generation": {**WAN_GENERATION,
+                         "scheduler_config": {**WAN_GENERATION["scheduler_config"], "flow_shift": 5.0}}},
          "generation.scheduler_config.flow_shift"),
         ({"matching": {**WAN_MATCHING, "partition": "fixed"}}, "matching.partition"),
     ):
@@ -820,7 +821,8 @@ def test_v2_writer_checks_its_settings(tmp_path):
 
     cases = [
         ({"generation": {**WAN_GENERATION, "step_transformer": [0, 0, 2, 1, 1]}}, r"step_transformer\[2\] is 2"),
-        ({"generation": {**WAN_GENERATION, "step_transformer": [0, 1]}}, r"has 2 entries but generation.num_steps is 5"),
+        ({"generation": {**WAN_GENERATION, "step_transformer": [0, 1]}},
+         r"has 2 entries but generation.num_steps is 5"),
         ({"generation": {**WAN_GENERATION, "transformers": ["t", "t"]}}, r"generation.transformers must list"),
         ({"generation": {**WAN_GENERATION, "transformers": []}}, r"generation.transformers must list"),
         ({"generation": {**WAN_GENERATION, "scheduler_config": [1]}}, r"scheduler_config must be a JSON object"),
@@ -984,6 +986,10 @@ def test_huge_attributes_and_shapes_are_refused(tmp_path, rng):
     assert "dataset 'rate_levels' does not hold the format version 2 values (shape (1000000000,))" in _load_error(path)
 
 
+POSIX = pytest.mark.skipif(os.name != "posix", reason="symlinks, O_NOFOLLOW, /dev/null and FIFOs are POSIX")
+
+
+@POSIX
 def test_planted_symlink_at_a_temporary_path_is_not_followed(tmp_path, rng):
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
@@ -998,6 +1004,7 @@ def test_planted_symlink_at_a_temporary_path_is_not_followed(tmp_path, rng):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5", "s.h5.tmp", "victim.txt"]
 
 
+@POSIX
 def test_working_copies_are_created_exclusively_with_unpredictable_names(tmp_path, rng, monkeypatch):
     from asymrnr.formats.stats import writer as writer_module
 
@@ -1020,6 +1027,7 @@ def test_working_copies_are_created_exclusively_with_unpredictable_names(tmp_pat
     assert load_stats(tmp_path / "s.h5").num_runs == 1
 
 
+@POSIX
 def test_output_that_is_not_a_regular_file_is_refused(tmp_path, rng):
     null_link = tmp_path / "null.h5"
     null_link.symlink_to("/dev/null")
@@ -1047,6 +1055,7 @@ _FIFO_CHECK = textwrap.dedent(
 )
 
 
+@POSIX
 def test_fifo_output_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "pipe.h5"
     os.mkfifo(fifo)

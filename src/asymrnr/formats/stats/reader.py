@@ -171,7 +171,9 @@ def check_contents(f: h5py.File, err: Problem) -> None:
                 raise err(f"{where!r} is a user-defined link (type {kind}); {_OUTSIDE}; {crafted}")
             info = h5o.get_info(gid, bname)
             if info.rc != 1:
-                raise err(f"{where!r} is linked {info.rc} times inside the file (asymrnr links every object once); {crafted}")
+                raise err(
+                    f"{where!r} is linked {info.rc} times inside the file (asymrnr links every object once); {crafted}"
+                )
             if info.type == h5o.TYPE_GROUP:
                 if depth + 1 > S.MAX_DEPTH:
                     raise err(f"{where!r} is nested more than {S.MAX_DEPTH} groups deep; {crafted}")
@@ -186,7 +188,9 @@ def _check_dataset_storage(did: Any, where: str, err: Problem, crafted: str) -> 
     dcpl = did.get_create_plist()
     layout = dcpl.get_layout()
     if layout == h5d.VIRTUAL:
-        raise err(f"dataset {where!r} is a virtual dataset (its data would be read from other files); {_OUTSIDE}; {crafted}")
+        raise err(
+            f"dataset {where!r} is a virtual dataset (its data would be read from other files); {_OUTSIDE}; {crafted}"
+        )
     n_ext = dcpl.get_external_count()
     if n_ext:
         files = ", ".join(repr(_decode(dcpl.get_external(i)[0])) for i in range(min(n_ext, 3)))
@@ -199,14 +203,18 @@ def _check_dataset_storage(did: Any, where: str, err: Problem, crafted: str) -> 
         code = int(dcpl.get_filter(i)[0])
         if code not in S.ALLOWED_FILTERS or code in seen:
             allowed = ", ".join(S.ALLOWED_FILTERS.values())
-            raise err(f"dataset {where!r} uses HDF5 filter {code} (a statistics file uses only {allowed}, each once); {crafted}")
+            raise err(
+                f"dataset {where!r} uses HDF5 filter {code} (a statistics file uses only {allowed}, each once); "
+                f"{crafted}"
+            )
         seen.add(code)
     if layout == h5d.CHUNKED:
         chunk = dcpl.get_chunk()
         nbytes = math.prod(int(c) for c in chunk) * max(int(did.dtype.itemsize), 1)
         if nbytes > S.MAX_CHUNK_BYTES:
             raise err(
-                f"dataset {where!r} has chunks of {_human_size(nbytes)} (at most {_human_size(S.MAX_CHUNK_BYTES)}); {crafted}"
+                f"dataset {where!r} has chunks of {_human_size(nbytes)} "
+                f"(at most {_human_size(S.MAX_CHUNK_BYTES)}); {crafted}"
             )
 
 
@@ -394,7 +402,10 @@ def check_datasets(f: h5py.File, header: Header, err: Problem) -> Layout:
     for name, want in S.SHARED_AXES:
         ds = _dataset(f, name, err)
         if ds.shape != np.shape(want) or not _dtype_ok(ds, "float"):
-            raise err(f"dataset {name!r} does not hold the format version {version} values (shape {ds.shape}); the file is damaged")
+            raise err(
+                f"dataset {name!r} does not hold the format version {version} values (shape {ds.shape}); "
+                "the file is damaged"
+            )
         values = np.asarray(ds[()], dtype=np.float64)
         if not np.allclose(values, want, rtol=S.SHARED_AXES_RTOL, atol=0):
             raise err(f"dataset {name!r} does not hold the format version {version} values; the file is damaged")

@@ -244,7 +244,9 @@ class StatsWriter:
             if ds.maxshape[0] is not None:
                 raise err(f"dataset {ds_path!r} cannot grow (its run axis has a fixed size); the file is damaged")
             if ds.shape[0] > self._num_runs:
-                logger.warning("%s: an incomplete run left by an interrupted profiler will be replaced (%s)", p, ds_path)
+                logger.warning(
+                    "%s: an incomplete run left by an interrupted profiler will be replaced (%s)", p, ds_path
+                )
         self._num_steps, self._num_blocks = layout.steps, layout.blocks
 
     # ---- writing ----------------------------------------------------------------------------------
