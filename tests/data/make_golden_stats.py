@@ -1,10 +1,15 @@
-"""Write tests/data/stats_v1_golden.h5: a small stats file of format version 1, kept as test data.
+"""Write tests/data/stats_v2_golden.h5: a small stats file of format version 2, kept as test data.
 
-The file must keep loading, with the same values, in every future asymrnr (tests/test_stats_format.py
-checks it against the closed-form values below, written out again there on purpose). Do not
-regenerate it when the format changes: add a new golden file for the new version instead.
+Golden files must keep loading, with the same values, in every future asymrnr (tests/test_stats_format.py
+checks them against the closed-form values below, written out again there on purpose). Do not
+regenerate one when the format changes: add a new golden file for the new version instead.
 
-    python tests/data/make_golden_stats.py            # writes next to this script
+- ``stats_v1_golden.h5`` (format version 1, CogVideoX model description of version 1) was written by this
+  script's version-1 form (git history) with the same values; it is never regenerated.
+- ``stats_v2_golden.h5`` (format version 2) is written by ``main``: a Wan 2.2-style model description (two
+  transformers, ``step_transformer`` [0, 0, 1], a scheduler config, matching partition "window").
+
+    PYTHONPATH=src python tests/data/make_golden_stats.py    # writes stats_v2_golden.h5 next to this script
 
 Values (r run, br branch, s step, b block, f feature, i quantile/rate/bin index), all exact in float32:
     base = 1000 r + 100 br + 10 s + b + f / 8
@@ -33,36 +38,42 @@ from asymrnr.profiler.stats_format import (
     StatsWriter,
 )
 
-GOLDEN_NAME = "stats_v1_golden.h5"
+GOLDEN_NAME = "stats_v2_golden.h5"
 BRANCHES = ("cond", "uncond")
 NUM_STEPS, NUM_BLOCKS = 3, 2
 PROMPTS = ("a red fox running through fresh snow", "un chat sur la plage, 猫が海辺を歩く ✓")
 SEEDS = (42, 7)
 TIMESTEPS = (999.0, 666.0, 333.0)
 CEILING_INDEX = 17  # rate levels from index 17 on (0.90, 0.95) are past the ceiling
-MODEL = {
-    "transformer_class": "CogVideoXTransformer3DModel",
+MODEL = {  # ModelDescription version 2 (asymrnr.formats.descriptions)
+    "family": "wan",
+    "transformer_class": "WanTransformer3DModel",
     "num_blocks": NUM_BLOCKS,
     "num_heads": 2,
     "head_dim": 8,
-    "patch_size": 2,
-    "patch_size_t": 1,
+    "patch_size": [1, 2, 2],
     "rope": True,
     "latent_grid": [4, 6, 8],
-    "text_len": 16,
+    "text_len": 0,
+    "text_layout": "none",
     "ffn_dim": 64,
-    "text_first": True,
+    "cross_len": 512,
+    "block_kinds": [],
 }
 GENERATION = {
     "height": 96,
     "width": 128,
     "num_frames": 13,
     "num_steps": NUM_STEPS,
-    "guidance_scale": 6.0,
-    "scheduler_class": "CogVideoXDDIMScheduler",
+    "guidance_scale": 4.0,
+    "scheduler_class": "UniPCMultistepScheduler",
+    "pipeline_class": "WanPipeline",
     "negative_prompt": "",
+    "transformers": ["transformer", "transformer_2"],
+    "step_transformer": [0, 0, 1],  # Wan 2.2: the high-noise expert, then the low-noise one
+    "scheduler_config": {"flow_shift": 3.0, "prediction_type": "flow_prediction", "use_flow_sigmas": True},
 }
-MATCHING = {"stride": [2, 2, 2], "seed": 0, "granularity": "joint"}
+MATCHING = {"stride": [2, 2, 2], "seed": 0, "granularity": "joint", "partition": "window"}
 TOOL_VERSION = "0.1.0"
 
 
