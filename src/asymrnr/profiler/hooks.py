@@ -156,7 +156,7 @@ class Profiler:
         # gen_step -> {"timestep", "component", "branches": {branch: [P, blocks, F, V] array}}
         self._steps: dict[int, dict] = {}
         self._call_buf: torch.Tensor | None = None  # [batch, blocks, F, V] of the call in flight
-        self._prev: dict[tuple[str, int], tuple] = {}  # (branch, block) -> (partition, dst, sim) of the last step
+        self._prev: dict[tuple, tuple] = {}  # (branch, block, group) -> (partitions, dst, sim) of the last step
         self._text_len: int | None = None
         self._grid: tuple[int, int, int] | None = None
         self._first_rt: Runtime | None = None
@@ -187,42 +187,51 @@ class Profiler:
         n = math.prod(grid)
         edges, qlev = self._constants(device)
 
-        srcs, dsts, tokens = [], [], []  # per feature: [batch * g, Ns, C], [batch * g, Nd, C], [batch, N, C']
-        for name in _FEATURES:
+        # Features whose matching inputs have the same shape (all four when matched jointly; Q, K, V per head)
+        # are matched together: one batched matmul per metric and group.
+        groups: dict[tuple, list] = {}
+        tokens = []  # per feature [B, N, C'] for the norms
+        for fi, name in enumerate(_FEATURES):
             x = feats[name].float()  # [B, N, C] or [B, heads, N, D]
             part = rt.partition(block, name, device, stride=stride, seed=seed, mode=mode)
-            srcs.append(matching_features(x, part.src_idx, gran))
-            dsts.append(matching_features(x, part.dst_idx, gran))
+            if part.num_dst == 0:
+                raise ValueError(f"the token grid {grid} has no full stride window {stride}: profile with a smaller stride")
+            src = matching_features(x, part.src_idx, gran)  # [B * g, Ns, C]
+            dst = matching_features(x, part.dst_idx, gran)
+            groups.setdefault(tuple(src.shape[1:]), []).append((fi, src, dst, part))
             tokens.append(x if x.dim() == 3 else x.transpose(1, 2).reshape(batch, n, -1))
-        if part.num_dst == 0:
-            raise ValueError(f"the token grid {grid} has no full stride window {stride}: profile with a smaller stride")
-        if len({t.shape[1:] for t in srcs}) == 1:  # joint granularity: every feature has the same width
-            e_sim, e_dst, c_sim, _ = best_matches_euclidean_and_cosine(torch.cat(srcs), torch.cat(dsts))
-        else:  # per-head matching: widths differ between H and Q/K/V
-            parts = [best_matches_euclidean_and_cosine(a, b) for a, b in zip(srcs, dsts)]
-            e_sim, e_dst, c_sim = (torch.cat([p[i] for p in parts]) for i in (0, 1, 2))
-        # Rows are ordered (feature, sample[, head]); fold heads into the source axis: [F * B, Ns * g].
-        rows = nf * batch
-        e_sim, e_dst, c_sim = (t.reshape(rows, -1) for t in (e_sim, e_dst, c_sim))
 
-        vec = torch.empty((rows, _VEC_LEN), device=device)
-        vec[:, _OFF_EU : _OFF_EU + _SIM_LEN] = _sim_stats(e_sim, n, qlev)
-        vec[:, _OFF_COS : _OFF_COS + _SIM_LEN] = _sim_stats(c_sim, n, qlev)
+        vec = torch.empty((nf, batch, _VEC_LEN), device=device)
+        for shape, members in groups.items():
+            e_sim, e_dst, c_sim, _ = best_matches_euclidean_and_cosine(torch.cat([m[1] for m in members]),
+                                                                       torch.cat([m[2] for m in members]))
+            # Rows are ordered (feature, sample[, head]); fold heads into the source axis: [k * B, Ns * g].
+            rows = len(members) * batch
+            e_sim, e_dst, c_sim = (t.reshape(rows, -1) for t in (e_sim, e_dst, c_sim))
+            vg = torch.empty((rows, _VEC_LEN), device=device)
+            vg[:, _OFF_EU : _OFF_EU + _SIM_LEN] = _sim_stats(e_sim, n, qlev)
+            vg[:, _OFF_COS : _OFF_COS + _SIM_LEN] = _sim_stats(c_sim, n, qlev)
+            # Stability: the matching against the previous step's, on the same destinations (NaN when the
+            # partitions changed: at the first step, and where partitions are redrawn per cache window).
+            key = (call.branch, block, shape)
+            parts = tuple(m[3] for m in members)
+            prev = self._prev.get(key)
+            if prev is not None and all(a is b for a, b in zip(prev[0], parts)) and prev[1].shape == e_dst.shape:
+                vg[:, _OFF_ST] = (prev[1] == e_dst).float().mean(-1)
+                vg[:, _OFF_ST + 1] = _corr(prev[2], e_sim)
+            else:
+                vg[:, _OFF_ST : _OFF_ST + 2] = float("nan")
+            self._prev[key] = (parts, e_dst, e_sim)
+            for j, member in enumerate(members):
+                vec[member[0]] = vg[j * batch : (j + 1) * batch]
+
+        rows = nf * batch
+        vec = vec.view(rows, _VEC_LEN)
         norms = torch.cat(tokens).norm(dim=-1)  # [F * B, N]
         vec[:, _OFF_NQ : _OFF_NQ + _NQ] = torch.quantile(norms, qlev, dim=-1).transpose(0, 1)
         bins = torch.bucketize(norms.clamp(edges[0], edges[-1]), edges, right=True).clamp(1, _NB) - 1
         bins = bins + torch.arange(rows, device=device).unsqueeze(1) * _NB
         vec[:, _OFF_NH : _OFF_NH + _NB] = torch.bincount(bins.flatten(), minlength=rows * _NB).view(rows, _NB).float()
-        # Stability: the matching against the previous step's, on the same destinations (NaN when the
-        # partition changed, i.e. at the first step and where partitions are redrawn per cache window).
-        key = (call.branch, block)
-        prev = self._prev.get(key)
-        if prev is not None and prev[0] is part and prev[1].shape == e_dst.shape:
-            vec[:, _OFF_ST] = (prev[1] == e_dst).float().mean(-1)
-            vec[:, _OFF_ST + 1] = _corr(prev[2], e_sim)
-        else:
-            vec[:, _OFF_ST : _OFF_ST + 2] = float("nan")
-        self._prev[key] = (part, e_dst, e_sim)
         self._call_buf[:, block] = vec.view(nf, batch, _VEC_LEN).transpose(0, 1)
 
     def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
