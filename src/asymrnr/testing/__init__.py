@@ -1,0 +1,1 @@
+"""Tiny random-weight pipelines for tests; fully offline. Importing this package is cheap."""
