@@ -8,6 +8,7 @@ Importing this module is cheap (no torch, no transformers); the builders import 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -175,7 +176,7 @@ class TinyDefaults:
             "num_inference_steps": self.num_inference_steps,
             "guidance_scale": self.guidance_scale,
             "max_sequence_length": self.max_sequence_length,
-            **dict(self.extra),
+            **copy.deepcopy(dict(self.extra)),  # a fresh copy: pipelines may keep or change what they get
         }
         if self.needs_image:
             kwargs["image"] = tiny_image(self.height, self.width)
@@ -191,7 +192,7 @@ def tiny_image(height: int, width: int):
     y, x = np.mgrid[0:height, 0:width]
     rgb = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], axis=-1)
     rgb[height // 4 : height // 2, width // 4 : width // 2] = (230, 40, 40)
-    return Image.fromarray(rgb.astype(np.uint8), mode="RGB")
+    return Image.fromarray(rgb.astype(np.uint8))  # H x W x 3 uint8: RGB
 
 
 def pipeline_marker(family: str, seed: int) -> dict[str, Any]:
