@@ -31,16 +31,14 @@ tokenizer is a unigram sentencepiece model trained here, in-process, on our own 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
-import shutil
-import tempfile
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from asymrnr.testing._common import default_cache_root, ensure_cached_pipeline_dir
+from asymrnr.testing._common import seeded as _seeded
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -56,8 +54,6 @@ TINY_TEXT_LEN = 226
 #: Spatial and temporal compression of the tiny VAE (the real ones: 8 and 4).
 TINY_VAE_SCALE_SPATIAL = 8
 TINY_VAE_SCALE_TEMPORAL = 4
-#: Written last into a cache folder before it is renamed into place.
-_MARKER_FILE = "asymrnr_tiny.json"
 
 _COMMON_TRANSFORMER = dict(
     num_attention_heads=2,
@@ -142,16 +138,6 @@ def tiny_size(style: str) -> TinySize:
         latent_grid=grid,
         text_len=cfg["max_text_seq_length"],
     )
-
-
-@contextmanager
-def _seeded(seed: int):
-    """Seed torch's CPU generator inside the block and restore the caller's RNG state afterwards."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        yield
 
 
 def build_tiny_transformer(style: str = "5b", seed: int = 0, num_layers: int = 2) -> CogVideoXTransformer3DModel:
@@ -341,41 +327,12 @@ def build_tiny_pipeline(style: str = "5b", seed: int = 0) -> CogVideoXPipeline:
 # ----------------------------------------------------------------------------------------- on-disk cache
 
 
-def default_cache_root() -> Path:
-    """``$ASYMRNR_CACHE`` if set, else ``$XDG_CACHE_HOME/asymrnr`` (``~/.cache/asymrnr``)."""
-    env = os.environ.get("ASYMRNR_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "asymrnr"
-
-
 def tiny_pipeline_dir_name(style: str) -> str:
     return f"tiny-cogvideox-{_check_style(style)}-v{TINY_FORMAT_VERSION}"
 
 
 def _marker(style: str, seed: int) -> dict[str, Any]:
     return {"style": style, "seed": seed, "format_version": TINY_FORMAT_VERSION}
-
-
-def _is_complete(path: Path, style: str, seed: int) -> bool:
-    try:
-        marker = json.loads((path / _MARKER_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return marker == _marker(style, seed) and (path / "model_index.json").is_file()
-
-
-def _remove_stale_temps(root: Path, name: str, max_age_s: float = 3600.0) -> None:
-    """Best effort: delete temp folders of builds that were interrupted more than an hour ago."""
-    now = time.time()
-    for tmp in root.glob(f".{name}.tmp-*"):
-        try:
-            if now - tmp.stat().st_mtime > max_age_s:
-                shutil.rmtree(tmp, ignore_errors=True)
-        except OSError:
-            pass
 
 
 def ensure_tiny_pipeline_dir(style: str = "5b", root: str | os.PathLike | None = None, *, seed: int = 0) -> Path:
@@ -386,40 +343,11 @@ def ensure_tiny_pipeline_dir(style: str = "5b", root: str | os.PathLike | None =
     Concurrent builders are safe: the loser of the rename discards its copy. Returns the folder.
     """
     _check_style(style)
-    root = Path(root).expanduser() if root is not None else default_cache_root()
     name = tiny_pipeline_dir_name(style) if seed == 0 else f"{tiny_pipeline_dir_name(style)}-seed{seed}"
-    final = root / name
-    if _is_complete(final, style, seed):
-        return final
-
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(root, name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
-    try:
-        logger.info("building tiny CogVideoX pipeline (style %s, seed %d) into %s", style, seed, final)
-        pipe = build_tiny_pipeline(style, seed=seed)
-        from asymrnr.models.loading import quiet_progress_bars
-
-        with quiet_progress_bars():
-            pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / _MARKER_FILE).write_text(json.dumps(_marker(style, seed), indent=2) + "\n")
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if _is_complete(final, style, seed):
-                logger.debug("another process finished %s first; using its copy", final)
-            elif final.exists():
-                # A folder that is not one of our complete builds sits in the way: move it aside, then retry.
-                trash = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=root))
-                os.rename(final, trash / "old")
-                os.rename(tmp, final)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return ensure_cached_pipeline_dir(
+        name, _marker(style, seed), lambda: build_tiny_pipeline(style, seed=seed), root,
+        what=f"tiny CogVideoX pipeline (style {style}, seed {seed})",
+    )
 
 
 def load_tiny_pipeline(
