@@ -44,11 +44,29 @@ def _kind_of(mode: int) -> str:
     return "not a regular file"
 
 
+#: Folders of device and process files: ``/dev/stdout`` or ``/proc/self/fd/1`` may lead to a regular file
+#: (stdout redirected), but renaming over them would replace the link itself.
+_SYSTEM_DIRS = ("/dev", "/proc")
+
+
+def _in_system_dir(path: Path) -> bool:
+    for candidate in (os.path.abspath(path), os.path.realpath(path)):
+        if any(candidate == d or candidate.startswith(d + os.sep) for d in _SYSTEM_DIRS):
+            return True
+    return False
+
+
 def _refuse_special(path: Path) -> None:
-    """Raise OutputPathError when ``path`` exists (following links) and is not a regular file."""
+    """Raise OutputPathError when ``path`` exists (following links) and is not a regular file, or lies in
+    /dev or /proc."""
+    if _in_system_dir(path):
+        raise OutputPathError(
+            f"cannot write {path}: it is a device or process file (under {' or '.join(_SYSTEM_DIRS)}), not a "
+            "regular file; choose a file path"
+        )
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a file in the way of its folder is reported by callers
         return
     except OSError as exc:
         raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -11,6 +11,7 @@ and :mod:`asymrnr.archs`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -29,7 +30,7 @@ import click
 
 from ._io import check_output_path, exclusive_temp, folder_lock
 from .errors import AsymRnRError
-from .models.presets import preset_names
+from .models.presets import MODEL_PRESETS, preset_names
 
 logger = logging.getLogger("asymrnr")
 
@@ -42,6 +43,8 @@ LOCK_NAME = ".asymrnr.lock"
 STAGING_PREFIX = ".asymrnr-staging-"
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _PRODUCERS = "`asymrnr-calibrate` or `asymrnr profile`"
+#: A real model for the help texts' examples (from the presets: this module names no model).
+_EXAMPLE = next((name for name, p in MODEL_PRESETS.items() if not p.embedded), preset_names()[0])
 
 # ---------------------------------------------------------------------------------------- terminal text
 
@@ -389,7 +392,7 @@ def _describe_kind(p: Path, kind: str) -> str:
         damaged = "; if it was written as a statistics file it is damaged or truncated (no HDF5 signature)"
     elif p.suffix.lower() == ".json":
         damaged = "; if it was written as a schedule it is damaged (not JSON text)"
-    return f"it is neither an asymrnr statistics file (HDF5) nor a schedule (JSON): it starts with {head!r}{damaged}"
+    return f"it is neither HDF5 nor JSON (it starts with {head!r}){damaged}"
 
 
 def expect_stats(path: str | os.PathLike, command: str) -> Path:
@@ -600,8 +603,8 @@ def _calibrate_locked(job: GenerationJob, out: Path, cache_steps, budget_preset,
             _copy_runs(old_stats, kept, out / STATS_NAME, staged_stats)
         profile_s = _profile_into(job, staged_stats, "a" if kept else "w", todo) if todo else 0.0
 
-        stats = load_stats(staged_stats)
-        stats.path = str(out / STATS_NAME)  # where it will be: the report and the schedule name it
+        # where it will be: the report and the schedule name it
+        stats = dataclasses.replace(load_stats(staged_stats), path=str(out / STATS_NAME))
         result = plan_schedule(stats, preset=None if target_speedup else budget_preset, target_speedup=target_speedup,
                                cache_steps=cache_steps, notes=f"asymrnr-calibrate --model {job.preset.name}")
         schedule = result.schedule
@@ -637,15 +640,16 @@ def _calibrate_locked(job: GenerationJob, out: Path, cache_steps, budget_preset,
 CALIBRATE_HELP = """Profile a model on prompts, plan an AsymRnR schedule and write stats.h5, schedule.json (and
 schedule-<tag>.json) and report.html into --out.
 
-\b
 Nothing in --out changes until the new stats, schedule and report are all complete (they are made in a
 hidden staging folder inside it, then moved into place). A folder that already holds results is refused
 unless you pass --overwrite (start over; the old schedule-*.json files go, as they were planned from the
 old statistics) or --resume (keep the runs of its stats.h5 whose prompt and seed match, profile only the
 missing prompts, plan again). One calibration at a time writes into a folder (it is locked).
 
-Example: asymrnr-calibrate --model cogvideox-5b --target-speedup 1.2 --out runs/5b
-"""
+\b
+Example:
+  asymrnr-calibrate --model {model} --target-speedup 1.2 --out runs/{model}
+""".format(model=_EXAMPLE)
 
 
 @click.command("asymrnr-calibrate", context_settings={"help_option_names": ["-h", "--help"]}, help=CALIBRATE_HELP)
@@ -666,7 +670,7 @@ main.add_command(calibrate_command, name="calibrate")
 # ---------------------------------------------------------------------------------------------- profile
 
 
-@main.command("profile")
+@main.command("profile", epilog=f"Example: asymrnr profile --model {_EXAMPLE} --num-prompts 8 -o stats.h5")
 @generation_options
 @click.option("-o", "--output", "--out", "output", type=click.Path(dir_okay=False), default=STATS_NAME,
               show_default=True, help="The statistics file to write.")
@@ -680,8 +684,6 @@ def profile_command(model_name, model_path, prompts_file, num_prompts, seed, ste
     The file is written next to OUTPUT under a temporary name and moved into place once every prompt is
     profiled; an existing OUTPUT is refused unless --append or --overwrite is given.
     Plan from it with `asymrnr plan`.
-
-    Example: asymrnr profile --model cogvideox-5b --num-prompts 8 -o stats.h5
     """
     _setup_logging(verbose)
     if append and overwrite:
@@ -782,7 +784,9 @@ def inspect_command(file):
         _echo(describe_stats(path))
         return
     if kind in ("empty", "unknown"):
-        raise AsymRnRError(f"{path}: {_describe_kind(path, kind)}; `asymrnr inspect` reads schedules and statistics files")
+        raise AsymRnRError(
+            f"{path} is not an asymrnr schedule (JSON) or statistics file (HDF5): {_describe_kind(path, kind)}"
+        )
     from .inspect_text import schedule_summary, schedule_warnings
     from .schedule_format import load_schedule
 
