@@ -73,7 +73,7 @@ def test_inspect_warns_on_a_schedule_that_reduces_nothing(tiny_pipeline, tmp_pat
 
 def test_every_command_has_help():
     runner = CliRunner()
-    for args in ([], ["calibrate"], ["plan"], ["inspect"], ["report"]):
+    for args in ([], ["calibrate"], ["profile"], ["plan"], ["inspect"], ["report"]):
         res = runner.invoke(main, [*args, "--help"])
         assert res.exit_code == 0 and len(res.output) > 100, args
     res = runner.invoke(calibrate_command, ["--help"])

@@ -1,38 +1,96 @@
-"""Command line: ``asymrnr-calibrate`` and the ``asymrnr`` group (calibrate, plan, inspect, report).
+"""Command line: ``asymrnr-calibrate`` and the ``asymrnr`` group (calibrate, profile, plan, inspect, report).
 
-Commands are thin: parse, call the library, and turn user errors into one-line ``click`` errors. Progress
-bars live here, not in the library.
+Commands are thin: check every input they can before any expensive work (loading a model, generating),
+call the library, and turn user errors into one-line ``click`` errors that say the fix. Progress bars live
+here, not in the library. Text that comes from files or arguments (prompts, notes, tags, paths) is printed
+through :func:`terminal_safe`, so that it cannot move the cursor, clear the screen or fake colours.
+The CLI names no model family: what it says about a model comes from :mod:`asymrnr.models.presets`
+and :mod:`asymrnr.archs`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import json
 import logging
 import math
+import os
+import re
+import shutil
+import tempfile
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import click
 
+from ._io import check_output_path, exclusive_temp, folder_lock
 from .errors import AsymRnRError
+from .models.presets import MODEL_PRESETS, preset_names
 
 logger = logging.getLogger("asymrnr")
 
-PRESET_NAMES_HINT = "cogvideox-2b, cogvideox-5b, cogvideox1.5-5b, micro-cogvideox, tiny-cogvideox"
+#: Largest seed: seeds are stored as signed 64-bit integers.
+MAX_SEED = 2**63 - 1
+#: What ``calibrate`` writes into ``--out`` (plus ``schedule-<tag>.json``).
+STATS_NAME, SCHEDULE_NAME, REPORT_NAME = "stats.h5", "schedule.json", "report.html"
+TAGGED_SCHEDULE_GLOB = "schedule-*.json"
+LOCK_NAME = ".asymrnr.lock"
+STAGING_PREFIX = ".asymrnr-staging-"
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_PRODUCERS = "`asymrnr-calibrate` or `asymrnr profile`"
+#: A real model for the help texts' examples (from the presets: this module names no model).
+_EXAMPLE = next((name for name, p in MODEL_PRESETS.items() if not p.embedded), preset_names()[0])
+
+# ---------------------------------------------------------------------------------------- terminal text
+
+# C0 and C1 controls (tab kept), DEL, line/paragraph separators, bidirectional overrides and isolates,
+# and lone surrogates (undecodable bytes of file names).
+_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+# What a prompt may not hold: C0 and C1 controls but tab, DEL, and line/paragraph separators.
+_PROMPT_FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def terminal_safe(text: Any, *, multiline: bool = False) -> str:
+    """``text`` with every character that a terminal would act on escaped (``\\x1b``, ``\\u202e``, ...).
+
+    Tabs stay; newlines stay when ``multiline`` (each line is escaped on its own)."""
+    text = str(text)
+    if multiline:
+        return "\n".join(_UNSAFE.sub(_escape, line) for line in text.split("\n"))
+    return _UNSAFE.sub(_escape, text)
+
+
+def _echo(text: Any = "", *, err: bool = False) -> None:
+    """``click.echo`` for any text that may hold file-derived content: control characters escaped."""
+    click.echo(terminal_safe(text, multiline=True), err=err)
+
+
+def _one_line(message: Any) -> str:
+    return terminal_safe(" ".join(str(message).split()))
 
 
 def _user_errors(fn):
-    """Turn our errors (and a few plain ones from bad input) into one-line click errors."""
+    """Turn our errors (and the OS's, for bad paths) into one-line click errors, printed terminal-safe."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except click.ClickException:
+        except click.ClickException as err:
+            err.message = _one_line(err.message)
             raise
-        except (AsymRnRError, FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
-            raise click.ClickException(" ".join(str(err).split())) from err
+        except (AsymRnRError, OSError, UnicodeDecodeError) as err:
+            raise click.ClickException(_one_line(err)) from err
 
     return wrapper
 
@@ -41,27 +99,47 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+# -------------------------------------------------------------------------------------------- prompts
+
+
 def read_prompts(path: str | None, num_prompts: int | None, default: str | None = None) -> list[str]:
     """Prompts from a file (one a line; blank lines and '#' comments skipped), or the shipped default set
-    (``default``: a file under asymrnr/data, e.g. a preset's own prompts; else data/prompts.txt)."""
+    (``default``: a file under asymrnr/data, e.g. a preset's own prompts; else data/prompts.txt).
+
+    A prompt holding a NUL or another control character (tabs are fine) is refused, naming its line."""
     if path is None:
         text = resources.files("asymrnr").joinpath(f"data/{default or 'prompts.txt'}").read_text(encoding="utf-8")
         origin = "the default prompt set"
     else:
         p = Path(path)
         if not p.is_file():
-            raise click.ClickException(f"cannot read the prompts file {p}: no such file; pass --prompts FILE with one prompt a line")
+            why = "no such file" if not p.exists() else "not a regular file"
+            raise click.ClickException(f"cannot read the prompts file {p}: {why}; pass --prompts FILE with one prompt a line")
         try:
-            text = p.read_text(encoding="utf-8")
+            text = p.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as err:
             raise click.ClickException(f"cannot read the prompts file {p}: {err}; it must be UTF-8 text, one prompt a line")
         origin = str(p)
-    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    prompts = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line[:-1] if line.endswith("\r") else line
+        bad = _PROMPT_FORBIDDEN.search(line)
+        if bad:
+            raise click.ClickException(
+                f"{origin}, line {number}: the prompt holds the control character {_escape(bad)} (U+{ord(bad.group()):04X}); "
+                "write each prompt as one line of plain text (tabs are allowed)"
+            )
+        line = line.strip()
+        if line and not line.startswith("#"):
+            prompts.append(line)
     if not prompts:
-        raise click.ClickException(f"{origin} holds no prompts; write one prompt a line")
+        raise click.ClickException(f"{origin} holds no prompts; write one prompt a line (lines starting with # are comments)")
     if num_prompts is not None:
         prompts = prompts[:num_prompts]
     return prompts
+
+
+# -------------------------------------------------------------------------------------------- options
 
 
 def _positive(name: str):
@@ -73,112 +151,389 @@ def _positive(name: str):
     return check
 
 
-def calibrate_options(fn):
-    """Options shared by ``asymrnr-calibrate`` and ``asymrnr calibrate``."""
-    options = [
-        click.option("--model", "model_name", required=True, help=f"Model preset: {PRESET_NAMES_HINT}."),
-        click.option("--model-path", type=click.Path(file_okay=False), default=None,
-                     help="Local diffusers pipeline folder (with model_index.json) instead of the Hugging Face cache."),
-        click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
-                     help="Text file with one prompt a line (default: the 20 prompts shipped with asymrnr)."),
-        click.option("--num-prompts", type=int, default=None, callback=_positive("num-prompts"),
-                     help="Use only the first N prompts (default: 4 for real models, 2 for tiny ones)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first prompt; prompt i uses seed + i."),
-        click.option("--steps", type=int, default=None, callback=_positive("steps"), help="Inference steps (default: the model card's)."),
-        click.option("--height", type=int, default=None, callback=_positive("height"), help="Video height in pixels."),
-        click.option("--width", type=int, default=None, callback=_positive("width"), help="Video width in pixels."),
-        click.option("--frames", type=int, default=None, callback=_positive("frames"), help="Number of video frames."),
-        click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale."),
-        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Weights dtype."),
-        click.option("--device", default=None, help="Device, e.g. cuda, cuda:1 or cpu (default: cuda if available)."),
-        click.option("--cache-steps", type=int, default=4, show_default=True, callback=_positive("cache-steps"),
-                     help="Matching cache: recompute the matching every N steps."),
-        click.option("--preset", "budget_preset", type=click.Choice(["base", "fast"]), default="base", show_default=True,
-                     help="Named budget of the planned schedule (ignored with --target-speedup)."),
-        click.option("--target-speedup", type=float, default=None, help="Plan for this FLOPs speedup instead of a preset, e.g. 1.3."),
-        click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-                     help="Output folder (default: runs/<model>)."),
-        click.option("--verbose", "-v", is_flag=True, help="Log what the library does."),
-    ]
+def _known_model(ctx, param, value):
+    if value is None:
+        return value
+    from .models.presets import get_preset
+
+    try:
+        get_preset(value)
+    except AsymRnRError as err:
+        raise click.BadParameter(str(err), param_hint="--model") from None
+    return value
+
+
+def _seed_in_range(ctx, param, value):
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise click.BadParameter(f"must lie in [0, 2**63 - 1], got {value}", param_hint="--seed")
+    return value
+
+
+def _guidance_ok(ctx, param, value):
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(
+            f"must be a finite number >= 0 (e.g. 6.0; 1.0 or less turns classifier-free guidance off), got {value}",
+            param_hint="--guidance",
+        )
+    return value
+
+
+def _target_ok(ctx, param, value):
+    if value is not None and not (math.isfinite(value) and value > 1.0):
+        raise click.BadParameter(f"must be a speedup above 1.0, e.g. 1.3; got {value}", param_hint="--target-speedup")
+    return value
+
+
+def _apply_options(fn, options):
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _check_target(target: float | None) -> None:
-    if target is not None and not (target > 1.0 and math.isfinite(target)):
-        raise click.BadParameter(f"must be a speedup above 1.0, e.g. 1.3; got {target}", param_hint="--target-speedup")
+def generation_options(fn):
+    """Options shared by every command that generates (``calibrate``, ``asymrnr-calibrate``, ``profile``)."""
+    return _apply_options(fn, [
+        click.option("--model", "model_name", required=True, callback=_known_model,
+                     help=f"Model preset: {', '.join(preset_names())}."),
+        click.option("--model-path", type=click.Path(file_okay=False), default=None,
+                     help="Local diffusers pipeline folder (with model_index.json) instead of the Hugging Face cache."),
+        click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+                     help="Text file with one prompt a line (default: the prompts shipped with asymrnr for the model)."),
+        click.option("--num-prompts", type=int, default=None, callback=_positive("num-prompts"),
+                     help="Use only the first N prompts (default: 4 for real models, 2 for embedded ones)."),
+        click.option("--seed", type=int, default=0, show_default=True, callback=_seed_in_range,
+                     help="Seed of the first prompt; prompt i uses seed + i (all within [0, 2**63 - 1])."),
+        click.option("--steps", type=int, default=None, callback=_positive("steps"), help="Inference steps (default: the model card's)."),
+        click.option("--height", type=int, default=None, callback=_positive("height"), help="Video height in pixels."),
+        click.option("--width", type=int, default=None, callback=_positive("width"), help="Video width in pixels."),
+        click.option("--frames", type=int, default=None, callback=_positive("frames"), help="Number of video frames."),
+        click.option("--guidance", type=float, default=None, callback=_guidance_ok, help="Classifier-free guidance scale (>= 0)."),
+        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None, help="Weights dtype."),
+        click.option("--device", default=None, help="Device, e.g. cuda, cuda:1 or cpu (default: cuda if available)."),
+        click.option("--verbose", "-v", is_flag=True, help="Log what the library does."),
+    ])
 
 
-@_user_errors
-def run_calibrate(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
-                  dtype, device, cache_steps, budget_preset, target_speedup, out_dir, verbose) -> dict:
-    """Profile the model on prompts, plan a schedule, write stats, schedule and report. Returns the paths."""
-    _setup_logging(verbose)
-    _check_target(target_speedup)
-    import torch
+def calibrate_options(fn):
+    """Options of ``asymrnr-calibrate`` and ``asymrnr calibrate``: generation, planning and the output folder."""
+    fn = _apply_options(fn, [
+        click.option("--cache-steps", type=int, default=4, show_default=True, callback=_positive("cache-steps"),
+                     help="Matching cache: recompute the matching every N steps."),
+        click.option("--preset", "budget_preset", type=click.Choice(["base", "fast"]), default="base", show_default=True,
+                     help="Named budget of the planned schedule (ignored with --target-speedup)."),
+        click.option("--target-speedup", type=float, default=None, callback=_target_ok,
+                     help="Plan for this FLOPs speedup instead of a preset, e.g. 1.3."),
+        click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+                     help="Output folder (default: runs/<model>)."),
+        click.option("--overwrite", is_flag=True,
+                     help="--out already holds results: start over (they are replaced only once the new set is complete)."),
+        click.option("--resume", is_flag=True,
+                     help="--out already holds results: keep the runs in its stats.h5 whose prompt and seed match, "
+                          "profile only the missing prompts, then plan and write schedule and report again."),
+    ])
+    return generation_options(fn)
 
-    from .models.presets import get_preset, load_pipeline
+
+# ------------------------------------------------------------------------------------------ early checks
+
+
+@dataclass
+class GenerationJob:
+    """What to generate, checked before anything is loaded."""
+
+    preset: Any  # ModelPreset
+    model_path: str | None
+    prompts_file: str | None
+    prompts: list[str]
+    seeds: list[int]
+    settings: dict  # keyword arguments of pipe(prompt, ...)
+    dtype: str | None
+    device: str | None
+
+    def runs(self) -> list[tuple[str, int]]:
+        return list(zip(self.prompts, self.seeds))
+
+
+def prepare_job(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
+                dtype, device) -> GenerationJob:
+    """Check everything about a generation that needs no model: sizes for the family, model folder,
+    prompts, seeds. Raises click errors that say the fix."""
+    from . import archs
+    from .models.loading import check_pipeline_dir
+    from .models.presets import get_preset
 
     preset = get_preset(model_name)
-    prompts = read_prompts(prompts_file, num_prompts or (2 if preset.embedded else 4), default=preset.prompts_file)
     settings = preset.call_kwargs()
     for key, value in (("num_inference_steps", steps), ("height", height), ("width", width), ("num_frames", frames),
                        ("guidance_scale", guidance)):
         if value is not None:
             settings[key] = value
-    _check_shape(settings)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    out = Path(out_dir or Path("runs") / model_name)
-    out.mkdir(parents=True, exist_ok=True)
+    problem = archs.get(preset.family).generation_rules().check(settings["height"], settings["width"],
+                                                               settings["num_frames"])
+    if problem:
+        raise click.BadParameter(f"{problem} ({preset.name})", param_hint="--height/--width/--frames")
+    if model_path is not None:
+        check_pipeline_dir(model_path, hub_id=preset.hub_id)
+    prompts = read_prompts(prompts_file, num_prompts or (2 if preset.embedded else 4), default=preset.prompts_file)
+    if seed + len(prompts) - 1 > MAX_SEED:
+        raise click.BadParameter(
+            f"prompt i uses seed + i, so with {len(prompts)} prompts --seed must be at most {MAX_SEED - len(prompts) + 1} "
+            f"(seeds lie in [0, 2**63 - 1]); got {seed}",
+            param_hint="--seed",
+        )
+    return GenerationJob(preset, model_path, prompts_file, prompts, [seed + i for i in range(len(prompts))],
+                         settings, dtype, device)
 
-    click.echo(f"loading {model_name} ({'embedded' if preset.embedded else model_path or preset.hub_id}) on {device}")
-    pipe = load_pipeline(model_name, model_path=model_path, dtype=dtype, device=device)
-    pipe.set_progress_bar_config(leave=False, desc="steps")
+
+def _resolve_device(job: GenerationJob) -> None:
+    """Pick and check the device (imports torch; no model is loaded)."""
+    import torch
+
+    from .models.presets import check_device
+
+    if job.device is None:
+        job.device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(job.device)
+
+
+def _model_fact(model: dict, key: str) -> Any:
+    if key in model:
+        return model[key]
+    patch = model.get("patch_size")
+    if key == "patch_size_t" and isinstance(patch, (list, tuple)) and len(patch) == 3:
+        return patch[0]  # newer files record the (frames, height, width) patch
+    return None
+
+
+def _check_architecture(model: dict, preset, where: str, fix: str) -> None:
+    """Refuse a file whose ``model`` facts differ from ``preset``'s (names the key and both values)."""
+    want = {"family": preset.family, **preset.architecture}
+    for key, value in want.items():
+        have = _model_fact(model, key)
+        if key == "family" and have is None:
+            continue  # older files do not record it
+        if have != value:
+            raise AsymRnRError(
+                f"{where} was profiled on a model with {key} = {have}, but {preset.name} has {key} = {value}; {fix}"
+            )
+
+
+def _check_same_generation(stats, job: GenerationJob, where: str, fix: str) -> None:
+    """Refuse to add runs of ``job`` to ``stats`` made with other generation settings or another model."""
+    gen = stats.generation or {}
+    settings = job.settings
+    asked = {
+        "height": settings["height"], "width": settings["width"], "num_frames": settings["num_frames"],
+        "num_steps": settings["num_inference_steps"],
+        "guidance_scale": float(settings["guidance_scale"] or 1.0),
+    }
+    for key, want in asked.items():
+        have = gen.get(key)
+        if have is None:
+            continue
+        same = math.isclose(float(have), float(want), rel_tol=1e-9) if key == "guidance_scale" else int(have) == int(want)
+        if not same:
+            raise AsymRnRError(
+                f"{where} holds runs made with {key} = {have}, but this run asks for {want}; pass the same settings "
+                f"(see `asymrnr inspect {where}`), or {fix}"
+            )
+    if job.model_path is None:
+        _check_architecture(stats.model or {}, job.preset, where, fix)
+
+
+# ------------------------------------------------------------------------------------------ file kinds
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """Which kind of file ``path`` is, by its content: ``stats`` (HDF5), ``schedule`` (JSON whose
+    ``format`` is asymrnr-schedule), ``json`` (other or damaged JSON), ``empty`` or ``unknown``.
+
+    A missing path, a folder or something that is not a regular file raises AsymRnRError."""
+    from .schedule_format import FORMAT_NAME
+
+    p = Path(path)
+    if not p.exists():
+        raise AsymRnRError(f"{p}: no such file; check the path")
+    if p.is_dir():
+        raise AsymRnRError(f"{p} is a folder, not a file; pass the path of a schedule (.json) or statistics (.h5) file")
+    if not p.is_file():
+        raise AsymRnRError(f"{p} is not a regular file (a device, FIFO or socket); pass a schedule or statistics file")
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        head = fh.read(4096)
+        if not head:
+            return "empty"
+        offset = 0  # HDF5 puts its signature at 0, 512, 1024, 2048, ... (after a user block)
+        while offset < min(size, 1 << 30):
+            fh.seek(offset)
+            if fh.read(8) == _HDF5_SIGNATURE:
+                return "stats"
+            offset = 512 if offset == 0 else offset * 2
+    if not head.lstrip(b"\xef\xbb\xbf").lstrip(b" \t\r\n").startswith(b"{"):
+        return "unknown"
+    if size > 256 * 2**20:
+        return "json"
+    try:
+        doc = json.loads(p.read_bytes().decode("utf-8-sig"))
+    except (ValueError, RecursionError):
+        return "json"
+    return "schedule" if isinstance(doc, dict) and doc.get("format") == FORMAT_NAME else "json"
+
+
+def _describe_kind(p: Path, kind: str) -> str:
+    if kind == "empty":
+        return "it is empty (0 bytes)"
+    if kind == "json":
+        return "it is a JSON file but not an asymrnr schedule"
+    with open(p, "rb") as fh:
+        head = fh.read(16)
+    damaged = ""
+    if p.suffix.lower() in (".h5", ".hdf5", ".hdf"):
+        damaged = "; if it was written as a statistics file it is damaged or truncated (no HDF5 signature)"
+    elif p.suffix.lower() == ".json":
+        damaged = "; if it was written as a schedule it is damaged (not JSON text)"
+    return f"it is neither HDF5 nor JSON (it starts with {head!r}){damaged}"
+
+
+def expect_stats(path: str | os.PathLike, command: str) -> Path:
+    """Check that ``path`` is a statistics file before ``command`` reads it; else say what it is."""
+    p = Path(path)
+    kind = file_kind(p)
+    if kind == "stats":
+        return p
+    if kind == "schedule":
+        raise AsymRnRError(
+            f"{p} is an asymrnr schedule (JSON), not a statistics file; `asymrnr {command}` reads the stats.h5 that "
+            f"{_PRODUCERS} wrote (to look at this schedule: `asymrnr inspect {p}`)"
+        )
+    raise AsymRnRError(
+        f"{p} is not an asymrnr statistics file: {_describe_kind(p, kind)}; pass the stats.h5 that {_PRODUCERS} wrote"
+    )
+
+
+def expect_schedule(path: str | os.PathLike, option: str) -> Path:
+    """Check that ``path`` can be a schedule before it is read; a statistics file says what to pass instead."""
+    p = Path(path)
+    kind = file_kind(p)
+    if kind in ("schedule", "json"):
+        return p  # load_schedule says what is wrong with a JSON file that is not a valid schedule
+    if kind == "stats":
+        raise AsymRnRError(
+            f"{p} is an asymrnr statistics file (HDF5), not a schedule; pass {option} a schedule .json (the "
+            f"schedule.json that asymrnr-calibrate wrote, or plan one: `asymrnr plan {p} -o schedule.json`)"
+        )
+    raise AsymRnRError(f"{p} is not an asymrnr schedule: {_describe_kind(p, kind)}; pass {option} a schedule .json")
+
+
+# --------------------------------------------------------------------------------------------- profiling
+
+
+def _profile_into(job: GenerationJob, path: Path, mode: str, todo: list[int]) -> float:
+    """Load the model and profile the prompts ``todo`` (indices into job.prompts) into ``path``. Seconds."""
+    import torch
 
     import asymrnr
-    from .planner import plan_schedule
-    from .profiler import load_stats
 
-    stats_path = out / "stats.h5"
+    from .models.presets import load_pipeline
+
+    preset = job.preset
+    source = "embedded" if preset.embedded and job.model_path is None else job.model_path or preset.hub_id
+    _echo(f"loading {preset.name} ({source}) on {job.device}")
+    pipe = load_pipeline(preset.name, model_path=job.model_path, dtype=job.dtype, device=job.device)
+    pipe.set_progress_bar_config(leave=False, desc="steps")
     started = time.perf_counter()
-    with asymrnr.profile(pipe, stats_path, mode="w"):
-        with click.progressbar(list(enumerate(prompts)), label="prompts", show_pos=True) as bar:
-            for i, prompt in bar:
-                generator = torch.Generator(device="cpu").manual_seed(seed + i)
-                pipe(prompt, generator=generator, output_type="latent", **settings)
-    profile_s = time.perf_counter() - started
-
-    stats = load_stats(stats_path)
-    result = plan_schedule(stats, preset=None if target_speedup else budget_preset, target_speedup=target_speedup,
-                           cache_steps=cache_steps, notes=f"asymrnr-calibrate --model {model_name}")
-    schedule = result.schedule
-    schedule_path = schedule.save(out / "schedule.json")
-    tagged_path = schedule.save(out / f"schedule-{schedule.tag}.json")
-    report_path = _write_report(stats, out / "report.html", schedule)
-
-    click.echo("")
-    click.echo(f"profiled {stats.num_runs} generation(s) in {profile_s:.1f} s")
-    click.echo(result.message)
-    click.echo(f"schedule {schedule.tag}: predicted speedup {result.predicted_speedup:.3f}x (FLOPs model)")
-    if not result.reached:
-        click.echo("warning: the budget could not be reached; the closest schedule was planned", err=True)
-    click.echo(f"stats:    {stats_path}")
-    click.echo(f"schedule: {schedule_path} (also {tagged_path.name})")
-    if report_path is not None:
-        click.echo(f"report:   {report_path}")
-    return {"stats": stats_path, "schedule": schedule_path, "report": report_path, "result": result}
+    with asymrnr.profile(pipe, path, mode=mode):
+        with click.progressbar(todo, label="prompts", show_pos=True) as bar:
+            for i in bar:
+                generator = torch.Generator(device="cpu").manual_seed(job.seeds[i])
+                pipe(job.prompts[i], generator=generator, output_type="latent", **job.settings)
+    return time.perf_counter() - started
 
 
-def _check_shape(settings: dict) -> None:
-    h, w, f = settings["height"], settings["width"], settings["num_frames"]
-    if h % 16 or w % 16:
-        raise click.BadParameter(
-            f"height and width must be multiples of 16 (VAE 8 x patch 2), got {h}x{w}", param_hint="--height/--width"
-        )
-    if (f - 1) % 4:
-        raise click.BadParameter(f"frames must be 4k+1 (e.g. 9, 49, 81), got {f}", param_hint="--frames")
+def _copy_runs(stats, indices: list[int], source: Path, dest: Path) -> None:
+    """Write the runs ``indices`` of ``stats`` (loaded from ``source``) into the new file ``dest``."""
+    if indices == list(range(stats.num_runs)):
+        shutil.copyfile(source, dest)
+        return
+    from .profiler.stats_format import RunStats, StatsWriter
+
+    writer = StatsWriter(dest, model=stats.model, generation=stats.generation, matching=stats.matching,
+                         branches=stats.branches, profiled_schedule=stats.profiled_schedule,
+                         tool_version=stats.tool_version, mode="w")
+    try:
+        for i in indices:
+            writer.write_run(RunStats(
+                prompt=stats.prompts[i],
+                seed=int(stats.seeds[i]),
+                timesteps=stats.timesteps[i],
+                sim_mean={m: a[i] for m, a in stats.sim_mean.items()},
+                sim_quantiles={m: a[i] for m, a in stats.sim_quantiles.items()},
+                sim_rate_curve={m: a[i] for m, a in stats.sim_rate_curve.items()},
+                norm_quantiles=stats.norm_quantiles[i],
+                norm_hist=stats.norm_hist[i],
+                stability_same_dst=stats.stability_same_dst[i],
+                stability_corr=stats.stability_corr[i],
+            ))
+    finally:
+        writer.close()
+
+
+def _matching_runs(stats, job: GenerationJob) -> tuple[list[int], list[int]]:
+    """``(kept, todo)``: indices of runs in ``stats`` to keep (first run of each wanted (prompt, seed)), and
+    indices into ``job.prompts`` still to profile."""
+    have: dict[tuple[str, int], int] = {}
+    for i, key in enumerate(zip(stats.prompts, (int(s) for s in stats.seeds))):
+        have.setdefault(key, i)
+    kept, todo = [], []
+    for j, key in enumerate(job.runs()):
+        if key in have:
+            kept.append(have[key])
+        else:
+            todo.append(j)
+    return kept, todo
+
+
+# --------------------------------------------------------------------------------------------- calibrate
+
+
+def _existing_results(out: Path) -> list[str]:
+    names = [n for n in (STATS_NAME, SCHEDULE_NAME, REPORT_NAME) if os.path.lexists(out / n)]
+    return names + sorted(p.name for p in out.glob(TAGGED_SCHEDULE_GLOB))
+
+
+def _prepare_out_dir(out: Path) -> bool:
+    """Create ``out`` if needed (returns whether it was created); refuse a file or an unwritable folder."""
+    if out.exists() and not out.is_dir():
+        raise AsymRnRError(f"--out {out} is a file, not a folder; choose a folder for the results")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise AsymRnRError(f"cannot create the --out folder {out}: a file is in the way on that path; choose another --out") from None
+    except PermissionError:
+        raise AsymRnRError(f"cannot create the --out folder {out}: permission denied; choose a writable --out") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise AsymRnRError(f"--out {out} is not writable; choose a writable folder (or fix its permissions)")
+    return created
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Staging folders left by a calibration that was killed (we hold the folder's lock: none is in use)."""
+    for p in out.glob(STAGING_PREFIX + "*"):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _move_into_place(staging: Path, out: Path, produced: list[str]) -> None:
+    """Move the complete new results from ``staging`` into ``out``; remove old results they replace."""
+    for name in produced:
+        os.replace(staging / name, out / name)
+    stale = [p for p in out.glob(TAGGED_SCHEDULE_GLOB) if p.name not in produced]
+    if REPORT_NAME not in produced:
+        stale.append(out / REPORT_NAME)
+    for p in stale:
+        if p.is_file() and not p.is_symlink():  # planned from the replaced statistics
+            p.unlink()
 
 
 def _write_report(stats, path: Path, schedule) -> Path | None:
@@ -190,13 +545,116 @@ def _write_report(stats, path: Path, schedule) -> Path | None:
     return write_report(stats, path, schedule=schedule)
 
 
-@click.command("asymrnr-calibrate", context_settings={"help_option_names": ["-h", "--help"]})
+@_user_errors
+def run_calibrate(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
+                  dtype, device, cache_steps, budget_preset, target_speedup, out_dir, verbose, overwrite=False,
+                  resume=False) -> dict:
+    """Profile the model on prompts, plan a schedule, write stats, schedule and report. Returns the paths."""
+    _setup_logging(verbose)
+    if overwrite and resume:
+        raise click.UsageError("--overwrite and --resume exclude each other: pass one")
+    job = prepare_job(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
+                      dtype, device)
+    out = Path(out_dir or Path("runs") / model_name)
+    for name in (STATS_NAME, SCHEDULE_NAME, REPORT_NAME):
+        check_output_path(out / name, inputs=[prompts_file])
+    _resolve_device(job)
+    created = _prepare_out_dir(out)
+    try:
+        with folder_lock(out, LOCK_NAME, what="another calibration",
+                         fix="wait for it to finish, or choose another --out"):
+            return _calibrate_locked(job, out, cache_steps, budget_preset, target_speedup, overwrite, resume)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty
+        raise
+
+
+def _calibrate_locked(job: GenerationJob, out: Path, cache_steps, budget_preset, target_speedup, overwrite,
+                      resume) -> dict:
+    from .planner import plan_schedule
+    from .profiler import load_stats
+
+    _remove_stale_staging(out)
+    existing = _existing_results(out)
+    if existing and not (overwrite or resume):
+        raise AsymRnRError(
+            f"{out} already holds asymrnr results ({', '.join(existing)}); pass --resume to keep the runs of its "
+            "stats.h5 whose prompt and seed match this calibration and profile only the missing prompts, or "
+            "--overwrite to start over (either way the old results are replaced only once the new stats, schedule "
+            "and report are complete), or choose another --out"
+        )
+    old_stats, kept, todo = None, [], list(range(len(job.prompts)))
+    if resume and (out / STATS_NAME).exists():
+        where = out / STATS_NAME
+        try:
+            old_stats = load_stats(where)
+        except AsymRnRError as err:
+            raise AsymRnRError(f"cannot resume: {err}; pass --overwrite to start over") from None
+        _check_same_generation(old_stats, job, str(where), "pass --overwrite to start over")
+        kept, todo = _matching_runs(old_stats, job)
+        _echo(f"resuming: {len(kept)} of {len(job.prompts)} run(s) already in {where}, {len(todo)} to profile")
+
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    try:
+        staged_stats = staging / STATS_NAME
+        if kept:
+            _copy_runs(old_stats, kept, out / STATS_NAME, staged_stats)
+        profile_s = _profile_into(job, staged_stats, "a" if kept else "w", todo) if todo else 0.0
+
+        # where it will be: the report and the schedule name it
+        stats = dataclasses.replace(load_stats(staged_stats), path=str(out / STATS_NAME))
+        result = plan_schedule(stats, preset=None if target_speedup else budget_preset, target_speedup=target_speedup,
+                               cache_steps=cache_steps, notes=f"asymrnr-calibrate --model {job.preset.name}")
+        schedule = result.schedule
+        tagged = f"schedule-{schedule.tag}.json"
+        schedule.save(staging / SCHEDULE_NAME)
+        schedule.save(staging / tagged)
+        produced = [STATS_NAME, tagged, SCHEDULE_NAME]
+        if _write_report(stats, staging / REPORT_NAME, schedule) is not None:
+            produced.append(REPORT_NAME)
+        _move_into_place(staging, out, produced)
+    except BaseException:
+        if existing:
+            _echo(f"calibration stopped: the results in {out} were left as they were", err=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    stats_path, schedule_path = out / STATS_NAME, out / SCHEDULE_NAME
+    report_path = out / REPORT_NAME if REPORT_NAME in produced else None
+    _echo("")
+    _echo(f"profiled {len(todo)} generation(s) in {profile_s:.1f} s" + (f", kept {len(kept)}" if kept else ""))
+    _echo(result.message)
+    _echo(f"schedule {schedule.tag}: predicted speedup {result.predicted_speedup:.3f}x (FLOPs model)")
+    if not result.reached:
+        _echo("warning: the budget could not be reached; the closest schedule was planned", err=True)
+    _echo(f"stats:    {stats_path}")
+    _echo(f"schedule: {schedule_path} (also {tagged})")
+    if report_path is not None:
+        _echo(f"report:   {report_path}")
+    return {"stats": stats_path, "schedule": schedule_path, "report": report_path, "result": result}
+
+
+CALIBRATE_HELP = """Profile a model on prompts, plan an AsymRnR schedule and write stats.h5, schedule.json (and
+schedule-<tag>.json) and report.html into --out.
+
+Nothing in --out changes until the new stats, schedule and report are all complete (they are made in a
+hidden staging folder inside it, then moved into place). A folder that already holds results is refused
+unless you pass --overwrite (start over; the old schedule-*.json files go, as they were planned from the
+old statistics) or --resume (keep the runs of its stats.h5 whose prompt and seed match, profile only the
+missing prompts, plan again). One calibration at a time writes into a folder (it is locked).
+
+\b
+Example:
+  asymrnr-calibrate --model {model} --target-speedup 1.2 --out runs/{model}
+""".format(model=_EXAMPLE)
+
+
+@click.command("asymrnr-calibrate", context_settings={"help_option_names": ["-h", "--help"]}, help=CALIBRATE_HELP)
 @calibrate_options
 def calibrate_command(**kwargs):
-    """Profile a model on prompts, plan a quantile-based AsymRnR schedule and write stats, schedule and report.
-
-    Example: asymrnr-calibrate --model cogvideox-5b --target-speedup 1.2 --out runs/5b
-    """
     run_calibrate(**kwargs)
 
 
@@ -209,22 +667,84 @@ def main():
 main.add_command(calibrate_command, name="calibrate")
 
 
+# ---------------------------------------------------------------------------------------------- profile
+
+
+@main.command("profile", epilog=f"Example: asymrnr profile --model {_EXAMPLE} --num-prompts 8 -o stats.h5")
+@generation_options
+@click.option("-o", "--output", "--out", "output", type=click.Path(dir_okay=False), default=STATS_NAME,
+              show_default=True, help="The statistics file to write.")
+@click.option("--append", is_flag=True, help="Add the runs to an existing statistics file of the same model and settings.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing file (only once every prompt is profiled).")
+@_user_errors
+def profile_command(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
+                    dtype, device, verbose, output, append, overwrite):
+    """Profile a model on prompts and write the statistics file only (no planning, no report).
+
+    The file is written next to OUTPUT under a temporary name and moved into place once every prompt is
+    profiled; an existing OUTPUT is refused unless --append or --overwrite is given.
+    Plan from it with `asymrnr plan`.
+    """
+    _setup_logging(verbose)
+    if append and overwrite:
+        raise click.UsageError("--append and --overwrite exclude each other: pass one")
+    job = prepare_job(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
+                      dtype, device)
+    path = check_output_path(output, inputs=[prompts_file], option="-o")
+    if path.exists() and not (append or overwrite):
+        raise AsymRnRError(
+            f"{path} already exists; pass --append to add these runs to it (same model and settings), --overwrite "
+            "to replace it (once every prompt is profiled), or choose another -o"
+        )
+    _resolve_device(job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from .profiler import load_stats
+
+    with folder_lock(path.parent, f".{path.name}.lock", what=f"another asymrnr profile of {path.name}",
+                     fix="wait for it to finish, or choose another -o"):
+        old = None
+        if append and path.exists():
+            expect_stats(path, "profile --append")
+            old = load_stats(path)
+            _check_same_generation(old, job, str(path), "write to another -o file")
+        tmp = exclusive_temp(path, ".partial")
+        try:
+            if old is not None:
+                shutil.copyfile(path, tmp)
+            seconds = _profile_into(job, tmp, "a" if old is not None else "w", list(range(len(job.prompts))))
+            stats = load_stats(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+    added = f", added to the {old.num_runs} run(s) it held" if old is not None else ""
+    _echo("")
+    _echo(f"profiled {len(job.prompts)} generation(s) in {seconds:.1f} s{added}: {stats.num_runs} run(s) in {path}")
+    _echo(f"plan a schedule from it: asymrnr plan {path} --target-speedup 1.3 -o schedule.json")
+
+
+# ------------------------------------------------------------------------------------------------- plan
+
+
 @main.command("plan")
 @click.argument("stats_file", type=click.Path(dir_okay=False))
-@click.option("--target-speedup", type=float, default=None, help="FLOPs speedup to plan for, e.g. 1.3.")
+@click.option("--target-speedup", type=float, default=None, callback=_target_ok, help="FLOPs speedup to plan for, e.g. 1.3.")
 @click.option("--preset", "budget_preset", type=click.Choice(["base", "fast"]), default="base", show_default=True,
               help="Named budget (ignored with --target-speedup).")
 @click.option("--cache-steps", type=int, default=4, show_default=True, callback=_positive("cache-steps"),
               help="Matching cache steps of the planned schedule.")
 @click.option("--metric", type=click.Choice(["euclidean", "cosine"]), default="euclidean", show_default=True,
               help="Which recorded similarity ranks the cells.")
-@click.option("--model", "model_name", default=None, help="Refuse a stats file that was not made on this model preset.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default="schedule.json", show_default=True,
-              help="Where to write the schedule.")
+@click.option("--model", "model_name", default=None, callback=_known_model,
+              help="Refuse a stats file that was not made on this model preset.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=SCHEDULE_NAME, show_default=True,
+              help="Where to write the schedule (not one of the inputs).")
 @_user_errors
 def plan_command(stats_file, target_speedup, budget_preset, cache_steps, metric, model_name, output):
     """Plan a schedule from a statistics file, without generating again."""
-    _check_target(target_speedup)
+    expect_stats(stats_file, "plan")
+    path = check_output_path(output, inputs=[stats_file], option="-o")
     from .planner import plan_schedule
     from .profiler import load_stats
 
@@ -233,85 +753,75 @@ def plan_command(stats_file, target_speedup, budget_preset, cache_steps, metric,
         _check_stats_model(stats, model_name)
     result = plan_schedule(stats, preset=None if target_speedup else budget_preset, target_speedup=target_speedup,
                            cache_steps=cache_steps, metric=metric, notes=f"asymrnr plan {stats_file}")
-    path = result.schedule.save(output)
-    click.echo(result.message)
-    click.echo(f"schedule {result.schedule.tag}: predicted speedup {result.predicted_speedup:.3f}x -> {path}")
+    path = result.schedule.save(path)
+    _echo(result.message)
+    _echo(f"schedule {result.schedule.tag}: predicted speedup {result.predicted_speedup:.3f}x -> {path}")
 
 
 def _check_stats_model(stats, model_name: str) -> None:
     from .models.presets import get_preset
 
-    preset = get_preset(model_name)
-    want = expected_architecture(preset)
-    have = stats.model
-    for key, value in want.items():
-        if have.get(key) != value:
-            raise AsymRnRError(
-                f"{getattr(stats, 'path', None) or 'the statistics file'} was profiled on a model with {key} = {have.get(key)}, but {model_name} has "
-                f"{key} = {value}; profile {model_name} with `asymrnr-calibrate --model {model_name}`"
-            )
+    where = getattr(stats, "path", None) or "the statistics file"
+    _check_architecture(stats.model or {}, get_preset(model_name), str(where),
+                        f"profile {model_name} with `asymrnr-calibrate --model {model_name}`")
 
 
-def expected_architecture(preset) -> dict:
-    """Architecture facts of a preset's transformer, for checking files made elsewhere."""
-    known = {
-        "cogvideox-2b": dict(num_blocks=30, num_heads=30, head_dim=64, patch_size_t=1, rope=False),
-        "cogvideox-5b": dict(num_blocks=42, num_heads=48, head_dim=64, patch_size_t=1, rope=True),
-        "cogvideox1.5-5b": dict(num_blocks=42, num_heads=48, head_dim=64, patch_size_t=2, rope=True),
-        "micro-cogvideox": dict(num_blocks=6, num_heads=4, head_dim=32, patch_size_t=1, rope=True),
-    }
-    if preset.name in known:
-        return known[preset.name]
-    from .models.tiny import tiny_transformer_config
-
-    cfg = tiny_transformer_config(preset.tiny_style or "5b")
-    return dict(num_blocks=cfg["num_layers"], num_heads=cfg["num_attention_heads"], head_dim=cfg["attention_head_dim"],
-                patch_size_t=cfg.get("patch_size_t") or 1, rope=cfg["use_rotary_positional_embeddings"])
+# ---------------------------------------------------------------------------------------------- inspect
 
 
 @main.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False))
 @_user_errors
 def inspect_command(file):
-    """Summarise a schedule (.json) or a statistics file (.h5): rates, predicted FLOPs and speedup, warnings."""
+    """Summarise a schedule or a statistics file: rates, predicted FLOPs and speedup, warnings.
+
+    The kind of file is told by its content (HDF5 statistics or JSON schedule), not by its extension."""
     path = Path(file)
-    if not path.is_file():
-        raise click.ClickException(f"{path}: no such file")
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    if head.startswith(b"\x89HDF"):
+    kind = file_kind(path)
+    if kind == "stats":
         from .profiler.stats_format import describe_stats
 
-        click.echo(describe_stats(path))
+        _echo(describe_stats(path))
         return
+    if kind in ("empty", "unknown"):
+        raise AsymRnRError(
+            f"{path} is not an asymrnr schedule (JSON) or statistics file (HDF5): {_describe_kind(path, kind)}"
+        )
     from .inspect_text import schedule_summary, schedule_warnings
     from .schedule_format import load_schedule
 
     schedule = load_schedule(path)
-    click.echo(schedule_summary(schedule))
+    _echo(schedule_summary(schedule))
     for warning in schedule_warnings(schedule):
-        click.echo(f"warning: {warning}", err=True)
+        _echo(f"warning: {warning}", err=True)
+
+
+# ----------------------------------------------------------------------------------------------- report
 
 
 @main.command("report")
 @click.argument("stats_file", type=click.Path(dir_okay=False))
 @click.option("--schedule", "schedule_file", type=click.Path(dir_okay=False), default=None,
               help="A schedule to draw next to the statistics.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html", show_default=True,
-              help="The HTML file to write.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=REPORT_NAME, show_default=True,
+              help="The HTML file to write (not one of the inputs).")
 @click.option("--block-groups", default=None,
               help='Block groups of the trend plots: "4" (equal groups), "0-9,10-19,20-29" or "shallow=0-9,deep=10-29".')
 @_user_errors
 def report_command(stats_file, schedule_file, output, block_groups):
     """Write the interactive calibration report: one self-contained offline HTML file."""
+    expect_stats(stats_file, "report")
+    if schedule_file is not None:
+        expect_schedule(schedule_file, "--schedule")
+    path = check_output_path(output, inputs=[stats_file, schedule_file], option="-o")
     from .profiler import load_stats
     from .report import write_report
     from .schedule_format import load_schedule
 
     stats = load_stats(stats_file)
     schedule = load_schedule(schedule_file) if schedule_file else None
-    path = write_report(stats, output, schedule=schedule, block_groups=block_groups)
-    click.echo(f"report: {path}")
+    path = write_report(stats, path, schedule=schedule, block_groups=block_groups)
+    _echo(f"report: {path}")
 
 
 def calibrate_main():

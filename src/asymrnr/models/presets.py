@@ -1,4 +1,6 @@
-"""Model presets: a name for each supported model, its weights and its default generation settings.
+"""Model presets: a name for each supported model, its family, weights, architecture facts and default
+generation settings. Plain data: the CLI reads everything it says about a model from here and from
+:mod:`asymrnr.archs` (the family's rules), and names no model itself.
 
 Importing this module is cheap (no torch, no diffusers); :func:`load_pipeline` imports them.
 Weights are never downloaded: real models come from ``--model-path`` or from the local Hugging Face
@@ -10,12 +12,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from asymrnr.errors import AsymRnRError, ModelNotFoundError
-from asymrnr.models.tiny import TINY_TEXT_LEN, tiny_size
+from asymrnr.models.tiny import TINY_TEXT_LEN, tiny_size, tiny_transformer_config
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +25,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ModelPreset:
     name: str
+    family: str  # the asymrnr.archs family (``asymrnr.archs.get(family)``): generation rules, descriptions
     hub_id: str | None  # None: embedded (built locally, no weights to fetch)
     pipeline_class: str  # a diffusers pipeline class name
     height: int
@@ -39,6 +42,9 @@ class ModelPreset:
     weights_dir: str | None = None
     # default calibration prompts, a file under asymrnr/data (None: data/prompts.txt)
     prompts_file: str | None = None
+    # facts of the transformer, as a statistics or schedule file records them in ``model`` (num_blocks,
+    # num_heads, head_dim, patch_size_t, rope): files made on another model are refused by comparing them
+    architecture: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def embedded(self) -> bool:
@@ -62,10 +68,16 @@ class ModelPreset:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["alt_hub_ids"] = list(self.alt_hub_ids)
+        d["architecture"] = dict(self.architecture)
         return d
 
 
+def _architecture(num_blocks: int, num_heads: int, head_dim: int, patch_size_t: int, rope: bool) -> dict[str, Any]:
+    return dict(num_blocks=num_blocks, num_heads=num_heads, head_dim=head_dim, patch_size_t=patch_size_t, rope=rope)
+
+
 _TINY = tiny_size("5b")
+_TINY_CONFIG = tiny_transformer_config("5b")
 
 MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
     {
@@ -73,6 +85,7 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
         for p in (
             ModelPreset(
                 name="cogvideox-2b",
+                family="cogvideox",
                 hub_id="THUDM/CogVideoX-2b",
                 alt_hub_ids=("zai-org/CogVideoX-2b",),
                 pipeline_class="CogVideoXPipeline",
@@ -82,6 +95,7 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
                 num_inference_steps=50,
                 guidance_scale=6.0,
                 dtype="float16",
+                architecture=_architecture(num_blocks=30, num_heads=30, head_dim=64, patch_size_t=1, rope=False),
                 description=(
                     "CogVideoX-2B text-to-video: 30 blocks, 30 heads x 64, 3D sin-cos positions, DDIM; "
                     "480x720, 49 frames = 13 x 30 x 45 tokens + 226 text tokens"
@@ -89,6 +103,7 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
             ),
             ModelPreset(
                 name="cogvideox-5b",
+                family="cogvideox",
                 hub_id="THUDM/CogVideoX-5b",
                 alt_hub_ids=("zai-org/CogVideoX-5b",),
                 pipeline_class="CogVideoXPipeline",
@@ -98,6 +113,7 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
                 num_inference_steps=50,
                 guidance_scale=6.0,
                 dtype="bfloat16",
+                architecture=_architecture(num_blocks=42, num_heads=48, head_dim=64, patch_size_t=1, rope=True),
                 description=(
                     "CogVideoX-5B text-to-video: 42 blocks, 48 heads x 64, 3D RoPE, DPM; "
                     "480x720, 49 frames = 13 x 30 x 45 tokens + 226 text tokens"
@@ -105,6 +121,7 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
             ),
             ModelPreset(
                 name="cogvideox1.5-5b",
+                family="cogvideox",
                 hub_id="THUDM/CogVideoX1.5-5B",
                 alt_hub_ids=("zai-org/CogVideoX1.5-5B",),
                 pipeline_class="CogVideoXPipeline",
@@ -114,6 +131,7 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
                 num_inference_steps=50,
                 guidance_scale=6.0,
                 dtype="bfloat16",
+                architecture=_architecture(num_blocks=42, num_heads=48, head_dim=64, patch_size_t=2, rope=True),
                 description=(
                     "CogVideoX1.5-5B text-to-video: 42 blocks, 48 heads x 64, 3D RoPE, temporal patch 2, DPM; "
                     "768x1360, 81 frames = 11 x 48 x 85 tokens + 226 text tokens"
@@ -121,6 +139,7 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
             ),
             ModelPreset(
                 name="micro-cogvideox",
+                family="cogvideox",
                 hub_id=None,
                 pipeline_class="CogVideoXPipeline",
                 height=48,
@@ -132,6 +151,7 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
                 max_sequence_length=16,
                 weights_dir="micro-cogvideox",
                 prompts_file="micro-cogvideox/calibration-prompts.txt",
+                architecture=_architecture(num_blocks=6, num_heads=4, head_dim=32, patch_size_t=1, rope=True),
                 description=(
                     "embedded micro CogVideoX-5B-style DiT trained on procedural videos of coloured shapes "
                     "(6 blocks, 4 heads x 32, 3D RoPE, DPM; scripts/train_micro.py), shipped weights; "
@@ -141,6 +161,7 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
             ),
             ModelPreset(
                 name="tiny-cogvideox",
+                family="cogvideox",
                 hub_id=None,
                 pipeline_class="CogVideoXPipeline",
                 height=_TINY.height,
@@ -151,6 +172,13 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
                 dtype="float32",
                 tiny_style="5b",
                 max_sequence_length=TINY_TEXT_LEN,
+                architecture=_architecture(
+                    num_blocks=_TINY_CONFIG["num_layers"],
+                    num_heads=_TINY_CONFIG["num_attention_heads"],
+                    head_dim=_TINY_CONFIG["attention_head_dim"],
+                    patch_size_t=_TINY_CONFIG.get("patch_size_t") or 1,
+                    rope=_TINY_CONFIG["use_rotary_positional_embeddings"],
+                ),
                 description=(
                     "embedded tiny CogVideoX-5B-style pipeline with random weights (2 blocks, 2 heads x 16, RoPE), "
                     f"built offline; {_TINY.height}x{_TINY.width}, {_TINY.num_frames} frames = "
@@ -161,6 +189,11 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
         )
     }
 )
+
+
+def preset_names() -> tuple[str, ...]:
+    """Names of every preset, in the order they are listed."""
+    return tuple(MODEL_PRESETS)
 
 
 def get_preset(name: str) -> ModelPreset:
@@ -185,7 +218,8 @@ def _not_cached_message(preset: ModelPreset, cache_dir: os.PathLike) -> str:
     )
 
 
-def _check_device(device: Any) -> None:
+def check_device(device: Any) -> None:
+    """Raise AsymRnRError, with the fix, for a device name torch does not know or that is not here."""
     import torch
 
     try:
@@ -217,7 +251,7 @@ def load_pipeline(
 
     preset = get_preset(name)
     torch_dtype = loading.resolve_dtype(dtype if dtype is not None else preset.dtype)
-    _check_device(device)
+    check_device(device)
 
     if model_path is not None:
         path = loading.check_pipeline_dir(model_path, hub_id=preset.hub_id)
@@ -243,4 +277,4 @@ def load_pipeline(
     return pipe.to(device)
 
 
-__all__ = ["ModelPreset", "MODEL_PRESETS", "get_preset", "load_pipeline"]
+__all__ = ["ModelPreset", "MODEL_PRESETS", "preset_names", "get_preset", "check_device", "load_pipeline"]
