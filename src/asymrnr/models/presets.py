@@ -45,6 +45,10 @@ class ModelPreset:
     # facts of the transformer, as a statistics or schedule file records them in ``model`` (num_blocks,
     # num_heads, head_dim, patch_size_t, rope): files made on another model are refused by comparing them
     architecture: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # embedded presets of asymrnr.testing: the tiny family they load (``asymrnr.testing.TINY_FAMILIES``)
+    tiny_family: str | None = None
+    # further keyword arguments of the pipeline call (Wan 2.2: guidance_scale_2)
+    extra_kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def embedded(self) -> bool:
@@ -63,12 +67,14 @@ class ModelPreset:
             "num_inference_steps": self.num_inference_steps,
             "guidance_scale": self.guidance_scale,
             "max_sequence_length": self.max_sequence_length,
+            **dict(self.extra_kwargs),
         }
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["alt_hub_ids"] = list(self.alt_hub_ids)
         d["architecture"] = dict(self.architecture)
+        d["extra_kwargs"] = dict(self.extra_kwargs)
         return d
 
 
@@ -78,6 +84,30 @@ def _architecture(num_blocks: int, num_heads: int, head_dim: int, patch_size_t: 
 
 _TINY = tiny_size("5b")
 _TINY_CONFIG = tiny_transformer_config("5b")
+
+
+def _wan(name, hub_id, height, width, steps, guidance, blocks, heads, description, **extra) -> ModelPreset:
+    return ModelPreset(
+        name=name, family="wan", hub_id=hub_id, pipeline_class="WanPipeline", height=height, width=width,
+        num_frames=81, num_inference_steps=steps, guidance_scale=guidance, dtype="bfloat16", max_sequence_length=512,
+        architecture=_architecture(num_blocks=blocks, num_heads=heads, head_dim=128, patch_size_t=1, rope=True),
+        description=description, **extra,
+    )
+
+
+def _tiny(name: str, tiny_family: str, family: str, description: str, *, steps: int = 4) -> ModelPreset:
+    """An embedded preset of a tiny family of :mod:`asymrnr.testing` (random weights, built offline)."""
+    from asymrnr.testing import tiny_family as get_tiny
+
+    d = get_tiny(tiny_family).defaults
+    return ModelPreset(
+        name=name, family=family, hub_id=None, pipeline_class=d.pipeline_class, height=d.height, width=d.width,
+        num_frames=d.num_frames, num_inference_steps=steps, guidance_scale=d.guidance_scale, dtype="float32",
+        max_sequence_length=d.max_sequence_length, tiny_family=tiny_family, extra_kwargs=dict(d.extra),
+        description=(f"embedded tiny {description} with random weights (2 blocks, 2 heads x 16), built offline; "
+                     f"{d.height}x{d.width}, {d.num_frames} frames = {' x '.join(map(str, d.latent_grid))} tokens; "
+                     "for tests and demos, its videos are noise"),
+    )
 
 MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
     {
@@ -186,6 +216,19 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
                     "for tests and demos, its videos are noise"
                 ),
             ),
+            _wan("wan2.1-t2v-1.3b", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", 480, 832, 50, 5.0, 30, 12,
+                 "Wan 2.1 text-to-video 1.3B: 30 blocks, 12 heads x 128, 3D RoPE, UniPC flow (shift 3); 480x832, "
+                 "81 frames = 21 x 30 x 52 tokens; text by cross-attention (512 tokens)"),
+            _wan("wan2.1-t2v-14b", "Wan-AI/Wan2.1-T2V-14B-Diffusers", 720, 1280, 50, 5.0, 40, 40,
+                 "Wan 2.1 text-to-video 14B: 40 blocks, 40 heads x 128, 3D RoPE, UniPC flow (shift 5 at 720p); "
+                 "720x1280, 81 frames = 21 x 45 x 80 tokens; text by cross-attention (512 tokens)"),
+            _wan("wan2.2-t2v-a14b", "Wan-AI/Wan2.2-T2V-A14B-Diffusers", 720, 1280, 40, 4.0, 40, 40,
+                 "Wan 2.2 text-to-video A14B: two 14B experts (transformer for high noise, transformer_2 below "
+                 "boundary_ratio 0.875), each 40 blocks, 40 heads x 128; 720x1280, 81 frames = 21 x 45 x 80 "
+                 "tokens; guidance 4.0 / 3.0; one schedule covers both experts",
+                 extra_kwargs={"guidance_scale_2": 3.0}),
+            _tiny("tiny-wan", "wan2.1-t2v", "wan", "Wan 2.1-style pipeline"),
+            _tiny("tiny-wan2.2", "wan2.2-t2v", "wan", "Wan 2.2-style two-expert pipeline"),
         )
     }
 )
@@ -261,6 +304,10 @@ def load_pipeline(
 
         pipe = load_micro_pipeline(Path(__file__).resolve().parent.parent / "data" / preset.weights_dir,
                                    torch_dtype=torch_dtype)
+    elif preset.tiny_family is not None:
+        from asymrnr.testing import tiny_family
+
+        pipe = tiny_family(preset.tiny_family).load(torch_dtype=torch_dtype)
     elif preset.embedded:
         from asymrnr.models.tiny import load_tiny_pipeline
 
