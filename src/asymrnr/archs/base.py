@@ -108,6 +108,9 @@ class ArchAdapter:
         cfg_mode: ``batched`` or ``separate``.
         components: pipeline attributes that may hold a transformer of this family.
         supported_processors: processor class names the adapter knows how to replace.
+        context_parallel: its processors attend through ``dispatch_attention_fn`` with the transformer's
+            parallel config and hand :func:`asymrnr.runtime.reduce.attend` the rank's shard, so asymrnr runs
+            under diffusers' context parallelism (``enable_parallelism``); others refuse it.
     """
 
     family: str = ""
@@ -117,6 +120,7 @@ class ArchAdapter:
     cfg_mode: str = "batched"
     components: tuple[str, ...] = ("transformer",)
     supported_processors: tuple[str, ...] = ()
+    context_parallel: bool = False
     block_kind_names: Mapping[str, str] = {}  # kind -> label for reports ("dual" -> "dual-stream")
 
     # ---- matching a transformer ----------------------------------------------------------------------

@@ -37,6 +37,7 @@ class WanAdapter(ArchAdapter):
     cfg_mode = "separate"
     components = ("transformer", "transformer_2")
     supported_processors = ("WanAttnProcessor", "WanAttnProcessor2_0")
+    context_parallel = True  # diffusers' _cp_plan shards the video tokens; attention via dispatch_attention_fn
 
     # ---- facts -----------------------------------------------------------------------------------------
     def patch_size(self, config: Any) -> tuple[int, int, int]:

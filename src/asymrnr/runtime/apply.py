@@ -14,6 +14,7 @@ import weakref
 from typing import Any
 
 from .. import archs
+from ..distributed import check_context_parallel
 from ..errors import AsymRnRError, ScheduleMismatchError
 from .context import Runtime, check_sampler
 from .hook import AsymRnRHook, find_hook, register, unregister
@@ -194,6 +195,7 @@ def apply(pipe_or_transformer: Any, schedule: Any = None, *, resample_steps: boo
     wanted = set(schedule.sampler.transformers)
     for name, module in comps:
         check_schedule_fits(schedule, module, name)
+        check_context_parallel(archs.adapter_for(module), module, name)
     if pipe is not None:
         present = {name for name, _ in comps}
         missing = wanted - present

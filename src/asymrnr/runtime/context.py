@@ -65,6 +65,7 @@ class CallState:
     new_generation: bool
     text_len: int = 0  # what the family's describe(text_len=...) takes: text tokens of this call
     batch: int = 1
+    shard: Any = None  # asymrnr.distributed.Shard under context parallelism (or its simulation), else None
 
 
 @dataclass
@@ -108,11 +109,19 @@ class PartitionCache:
         self._parts: dict[tuple, Partition] = {}
         self._cpu: dict[tuple, Partition] = {}  # CPU originals, shared by devices and generations
 
-    def get(self, grid, stride, seed: int, block: int, feature: str, window: int | None, device) -> Partition:
-        key = (tuple(grid), tuple(stride), int(seed), int(block), feature, window, str(device))
+    def get(self, grid, stride, seed: int, block: int, feature: str, window: int | None, device,
+            shard=None) -> Partition:
+        """The partition; with a (real) context-parallel ``shard``, restricted to it (local indices)."""
+        shard_key = (shard.rank, shard.bounds) if shard is not None else None
+        key = (tuple(grid), tuple(stride), int(seed), int(block), feature, window, str(device), shard_key)
         part = self._parts.get(key)
+        if part is None and shard is not None:
+            from ..distributed import restrict
+
+            part = restrict(self.get(grid, stride, seed, block, feature, window, device), shard)
+            self._parts[key] = part
         if part is None:
-            cpu_key = key[:-1]
+            cpu_key = key[:-2]
             cpu = self._cpu.get(cpu_key)
             if cpu is None:
                 cpu = make_partition(grid, stride, partition_seed(seed, block, feature, window))
@@ -192,6 +201,8 @@ class Runtime:
         self.plans: list[BlockPlan | None] = [None] * self.num_blocks
         self.call: CallState | None = None
         self.processors: dict[str, Any] = {}  # processor name -> the processor we installed
+        # (world, destinations) while asymrnr.distributed.simulate_context_parallel is active, else None
+        self.simulate_shards: tuple[int, str] | None = None
         # (gen_step, block, feature) of every matching computed in the current generation (tests, logs).
         self.match_log: list[tuple[int, int, str]] = []
         self.generation = 0
@@ -360,8 +371,25 @@ class Runtime:
         hidden = inputs.get("hidden_states")
         self.call = CallState(t, branch, self.steps.gen_step, step, window, grid, new_generation,
                               text_len=self.adapter.call_text_len(inputs),
-                              batch=int(hidden.shape[0]) if hidden is not None else 1)
+                              batch=int(hidden.shape[0]) if hidden is not None else 1,
+                              shard=self._shard(grid))
         return self.call
+
+    def _shard(self, grid: tuple[int, int, int]):
+        """This rank's shard of the video tokens under context parallelism (refused where asymrnr cannot run
+        it right), a simulated one inside ``simulate_context_parallel``, else ``None``."""
+        from .. import distributed
+
+        shard = distributed.shard_of(self.module, math.prod(grid))
+        if shard is not None:
+            distributed.check_context_parallel(self.adapter, self.module, self.component,
+                                               observing=bool(self.observers))
+            return shard
+        if self.simulate_shards is not None:
+            world = self.simulate_shards[0]
+            return distributed.Shard(0, world, distributed.shard_bounds(math.prod(grid), world, uneven=True),
+                                     simulated=True)
+        return None
 
     def end_call(self) -> None:
         for listener in list(self.call_listeners):
@@ -381,15 +409,17 @@ class Runtime:
     def plan(self, block: int) -> BlockPlan | None:
         return self.plans[block]
 
-    def partition(self, block: int, feature: str, device, *, stride=None, seed=None, mode: str | None = None) -> Partition:
-        """The partition of ``(block, feature)`` for the current call (its grid and cache window)."""
+    def partition(self, block: int, feature: str, device, *, stride=None, seed=None, mode: str | None = None,
+                  shard=None) -> Partition:
+        """The partition of ``(block, feature)`` for the current call (its grid and cache window); restricted
+        to ``shard`` (a real context-parallel one) when given."""
         m = self.matching
         stride = tuple(stride or m.stride)
         seed = m.seed if seed is None else seed
         mode = mode or m.partition
         window = self.call.window if mode == "window" else None
         return self.partitions.get(self.call.grid, stride, seed, block, vocab.PARTITION_OF.get(feature, feature),
-                                   window, device)
+                                   window, device, shard=shard)
 
 
 def check_sampler(schedule, scheduler, *, strict: bool = True, resample: bool = False) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import AsymRnRError
 from ..matching import Reduction, compute_matching, make_reduction, matching_features, merge_mean, with_text
 from .context import Runtime
 
@@ -92,7 +93,10 @@ def reduction(rt: Runtime, block: int, feature: str, feats: torch.Tensor, n_r: i
     """Matching of ``feats`` (``[B, N, C]`` or logical ``[B, H, N, D]`` video tokens) and its index tensors.
 
     The matching is computed at the first call of a cache window (per CFG branch, block and feature) and
-    reused for the rest of the window; its index tensors are derived once per ``n_r``.
+    reused for the rest of the window; its index tensors are derived once per ``n_r``. Under context
+    parallelism ``feats`` is this rank's shard, matched by the global partition restricted to it, and
+    ``n_r`` is the shard's own count (:func:`local_tokens`); simulated, ``feats`` is the whole video and
+    every shard is reduced on its own (:mod:`asymrnr.distributed`).
 
     Returns:
         ``(reduction, keep [G, T + N - n_r], restore [G, T + N])``: the last two index the whole sequence
@@ -101,24 +105,61 @@ def reduction(rt: Runtime, block: int, feature: str, feats: torch.Tensor, n_r: i
     call = rt.call
     settings = rt.matching
     batch = feats.shape[0]
+    shard = call.shard
+    simulated = shard is not None and shard.simulated
     entry = rt.cache.get(call.branch, block, feature, call.window, batch)
-    part = rt.partition(block, feature, feats.device)
+    part = rt.partition(block, feature, feats.device, shard=None if simulated else shard)
     if entry is None:
         granularity = "joint" if feats.dim() == 3 else settings.granularity
-        src = matching_features(feats, part.src_idx, granularity)
-        dst = matching_features(feats, part.dst_idx, granularity)
-        matching = compute_matching(src, dst, settings.metric, random_scores=part.random_scores)
+        if simulated:
+            from ..distributed import simulated_matching
+
+            matching = simulated_matching(part, shard, feats, granularity, settings.metric, rt.simulate_shards[1])
+        else:
+            src = matching_features(feats, part.src_idx, granularity)
+            dst = matching_features(feats, part.dst_idx, granularity)
+            matching = compute_matching(src, dst, settings.metric, random_scores=part.random_scores)
         entry = rt.cache.put(call.branch, block, feature, call.window, batch, matching)
         rt.match_log.append((call.gen_step, block, feature))
     key = (n_r, text_len, text_layout)
     derived = entry.derived.get(key)
     if derived is None:
         n = part.num_tokens
-        red = make_reduction(part, entry.matching, n_r)
+        if simulated:
+            from ..distributed import simulated_reduction
+
+            red = simulated_reduction(part, shard, entry.matching, n_r)
+        else:
+            red = make_reduction(part, entry.matching, n_r)
         derived = (red, with_text(red.keep_idx, text_len, text_layout, n),
-                   with_text(red.restore_idx, text_len, text_layout, n - n_r))
+                   with_text(red.restore_idx, text_len, text_layout, red.keep_idx.shape[1]))
         entry.derived[key] = derived
     return derived
+
+
+def local_tokens(rt: Runtime, block: int, feature: str, n: int, num_video: int, device) -> int:
+    """The count of video tokens to drop in this call for the plan's ``n``: ``n`` itself, or under context
+    parallelism (real or simulated) each shard's share, the same on every rank
+    (:func:`asymrnr.distributed.local_count`). ``num_video``: the video tokens this site holds."""
+    shard = rt.call.shard if rt.call is not None else None
+    if shard is None or not n:
+        return n
+    from .. import distributed
+
+    if not shard.simulated and num_video != shard.length:
+        raise AsymRnRError(
+            f"{rt.component} block {block}: this rank holds {num_video} video tokens, but context parallelism over "
+            f"{shard.world} ranks gives it {shard.length} of {sum(length for _, length in shard.bounds)}; "
+            "asymrnr shards the sequence as diffusers' plan does (contiguous, in rank order)"
+        )
+    if shard.simulated and rt.matching.reduce_op == "mean":
+        raise AsymRnRError("simulate_context_parallel supports reduce_op 'discard' only")
+    part = rt.partition(block, feature, device, shard=None if shard.simulated else shard)
+    local = distributed.restrict(part, shard, 0) if shard.simulated else part
+    count = distributed.local_count(n, local, shard.world)
+    if count < n // shard.world:
+        distributed.warn_clamped(rt.call.grid, block, feature, n, count, shard.world, local)
+    return count
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,9 +175,10 @@ def reduce_input(rt: Runtime, block: int, hidden_states: torch.Tensor, rope, *, 
     ``gather_rope(rope, keep_idx [B, N - n_h])``; ``restore`` is ``None`` when nothing was reduced.
     """
     plan = rt.plans[block] if rt.call is not None else None
-    if plan is None or not plan.n_h:
+    n_h = local_tokens(rt, block, "h", plan.n_h, hidden_states.shape[1], hidden_states.device) if plan else 0
+    if not n_h:
         return hidden_states, rope, None
-    red, _, _ = reduction(rt, block, "h", hidden_states, plan.n_h)
+    red, _, _ = reduction(rt, block, "h", hidden_states, n_h)
     if rt.matching.reduce_op == "mean":
         reduced = merge_mean(hidden_states, red)
     else:
@@ -192,6 +234,10 @@ def attend(rt: Runtime, block: int, query: torch.Tensor, key: torch.Tensor, valu
     plan = rt.plans[block] if rt.call is not None else None
     n_q = plan.n_q if plan is not None else 0
     n_kv = plan.n_kv if plan is not None else 0
+    if rt.call is not None and rt.call.shard is not None:  # context parallelism: this shard's share
+        full = num_video if restore_h is None else restore_h.restore_idx.shape[1]
+        n_q = local_tokens(rt, block, "q", n_q, full, query.device)
+        n_kv = local_tokens(rt, block, "kv", n_kv, full, query.device)
     if not (n_q or n_kv):
         return attend_fn(query, key, value, attn_mask=attn_mask)
 
@@ -260,5 +306,5 @@ def _notify(rt, block, query, key, value, observed_input, start, num_video, head
         observer(block, feats, rt)
 
 
-__all__ = ["passthrough", "take_rows", "select_seq", "video_part", "reduction", "reduce_input", "restore_input",
-           "attend"]
+__all__ = ["passthrough", "take_rows", "select_seq", "video_part", "reduction", "local_tokens", "reduce_input",
+           "restore_input", "attend"]
