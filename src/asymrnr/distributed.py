@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .errors import AsymRnRError
-from .matching import Matching, Partition, compute_matching, make_reduction, matching_features
+from .matching import Matching, Partition, Reduction, compute_matching, matching_features
 
 logger = logging.getLogger(__name__)
 
@@ -236,12 +236,14 @@ class Shard:
         world: ranks sharing the sequence.
         bounds: ``(start, length)`` of every rank's shard, in rank order.
         simulated: all shards live in this one process (:func:`simulate_context_parallel`).
+        group: the process group of the CP mesh (collectives of the cross-shard matching).
     """
 
     rank: int
     world: int
     bounds: tuple[tuple[int, int], ...]
     simulated: bool = False
+    group: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def start(self) -> int:
@@ -285,10 +287,10 @@ def shard_of(module: Any, num_tokens: int) -> Shard | None:
     import torch.distributed as dist
 
     mesh = cp._flattened_mesh
+    group = mesh.get_group()
     world = int(mesh.size())
-    rank = int(dist.get_rank(mesh.get_group()))
     uneven = bool(getattr(cp, "ulysses_anything", False) or getattr(cp, "ring_anything", False))
-    return Shard(rank, world, shard_bounds(num_tokens, world, uneven=uneven))
+    return Shard(int(dist.get_rank(group)), world, shard_bounds(num_tokens, world, uneven=uneven), group=group)
 
 
 def check_context_parallel(adapter: Any, module: Any, component: str, *, observing: bool = False) -> None:
@@ -316,13 +318,14 @@ class ShardPartition(Partition):
 
     Attributes:
         start, length: the shard (``num_tokens`` is ``length``).
-        min_src, min_dst: the fewest sources / destinations of any rank's shard (the same on every rank).
+        src_counts, dst_counts: sources / destinations of every rank's shard, in rank order (the same on
+            every rank, so that every rank chooses the same counts and buffer sizes without talking).
     """
 
     start: int = 0
     length: int = 0
-    min_src: int = 0
-    min_dst: int = 0
+    src_counts: tuple[int, ...] = ()
+    dst_counts: tuple[int, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -337,29 +340,31 @@ def restrict(part: Partition, shard: Shard, rank: int | None = None) -> ShardPar
     """The global partition ``part`` restricted to the shard of ``rank`` (default: ``shard.rank``).
 
     Destinations and sources keep their global roles; indices become local (``idx - start``), the sources'
-    random scores are kept with them. The smallest counts over all shards come along, so that every rank
-    can choose the same reduction count without talking to the others."""
+    random scores are kept with them."""
     rank = shard.rank if rank is None else rank
     start, length = shard.bounds[rank]
     edges = torch.tensor([s for s, _ in shard.bounds] + [shard.bounds[-1][0] + shard.bounds[-1][1]],
                          dtype=part.dst_idx.dtype, device=part.dst_idx.device)
-    dst_counts = torch.diff(torch.searchsorted(part.dst_idx, edges))
-    src_counts = torch.diff(torch.searchsorted(part.src_idx, edges))
-    d0, d1 = int(torch.searchsorted(part.dst_idx, start)), int(torch.searchsorted(part.dst_idx, start + length))
-    s0, s1 = int(torch.searchsorted(part.src_idx, start)), int(torch.searchsorted(part.src_idx, start + length))
-    return ShardPartition(part.grid, part.stride, part.dst_idx[d0:d1] - start, part.src_idx[s0:s1] - start,
-                          part.random_scores[s0:s1], start=start, length=length, min_src=int(src_counts.min()),
-                          min_dst=int(dst_counts.min()))
+    dst_edges = torch.searchsorted(part.dst_idx, edges).tolist()
+    src_edges = torch.searchsorted(part.src_idx, edges).tolist()
+    d0, d1 = dst_edges[rank], dst_edges[rank + 1]
+    s0, s1 = src_edges[rank], src_edges[rank + 1]
+    return ShardPartition(
+        part.grid, part.stride, part.dst_idx[d0:d1] - start, part.src_idx[s0:s1] - start, part.random_scores[s0:s1],
+        start=start, length=length,
+        src_counts=tuple(b - a for a, b in zip(src_edges, src_edges[1:])),
+        dst_counts=tuple(b - a for a, b in zip(dst_edges, dst_edges[1:])),
+    )
 
 
-def local_count(n: int, part: ShardPartition, world: int) -> int:
+def local_count(n: int, part: ShardPartition, world: int, *, across: bool) -> int:
     """Tokens each rank drops for a global count ``n``: ``n // world``, at most the fewest sources of any
-    shard, and none at all when some shard holds no destination (equal counts on every rank)."""
-    if n <= 0:
+    shard. Matched only within shards (``across=False``), none at all when some shard holds no destination."""
+    if n <= 0 or not any(part.dst_counts):
         return 0
-    if part.min_dst == 0:
+    if not across and min(part.dst_counts) == 0:
         return 0
-    return min(n // world, part.min_src)
+    return min(n // world, min(part.src_counts))
 
 
 _WARNED: set = set()
@@ -371,90 +376,147 @@ def warn_clamped(grid, block: int, feature: str, n: int, count: int, world: int,
     if key in _WARNED:
         return
     _WARNED.add(key)
-    why = ("some rank's shard holds no destination" if part.min_dst == 0
-           else f"the fewest sources on a rank's shard are {part.min_src}")
+    why = ("some rank's shard holds no destination" if min(part.dst_counts, default=0) == 0
+           else f"the fewest sources on a rank's shard are {min(part.src_counts)}")
     logger.warning(
         "context parallelism over %d ranks: block %d %s drops %d tokens per rank instead of %d (%d of %d in all) on "
         "the token grid %s: %s; a grid whose frames split evenly over the ranks avoids it",
         world, block, feature, count, n // world, count * world, n, tuple(grid), why)
 
 
+# ------------------------------------------------------------------- matching across shards (real ranks)
+
+
+@dataclass
+class AcrossReduction:
+    """A shard's reduction whose dropped sources may restore from a destination of another rank.
+
+    ``keep_idx [G, M]`` (local: the shard's destinations, then its kept sources); ``restore_idx [G, N_local]``
+    indexes ``[reduced output (M) | destination pool (world * pool_width)]``, where the pool holds every
+    rank's destination outputs (:func:`destination_pool`), ``pool_width`` slots per rank."""
+
+    keep_idx: torch.Tensor
+    restore_idx: torch.Tensor
+    num_dst: int
+    pool_width: int
+
+
+def _pool_slots(dst_counts: Sequence[int], device) -> tuple[torch.Tensor, int]:
+    """Pool slot of every global destination (ranks padded to the largest count), and that count."""
+    width = max(dst_counts)
+    slots = [r * width + torch.arange(c, device=device) for r, c in enumerate(dst_counts)]
+    return torch.cat(slots), width
+
+
+def _gather_padded(x: torch.Tensor, count: int, width: int, dim: int, shard: Shard) -> torch.Tensor:
+    """All ranks' first ``count`` entries of ``x`` along ``dim``, each padded to ``width``: ``world * width``
+    entries along ``dim``, rank by rank (equal shapes for the collective)."""
+    import torch.distributed as dist
+
+    x = x.narrow(dim, 0, count)
+    if count < width:
+        shape = list(x.shape)
+        shape[dim] = width - count
+        x = torch.cat([x, x.new_zeros(shape)], dim)
+    x = x.movedim(dim, 0).contiguous()
+    out = x.new_empty((shard.world * width, *x.shape[1:]))
+    dist.all_gather_into_tensor(out, x, group=shard.group)
+    return out.movedim(0, dim)
+
+
+def match_across(part: ShardPartition, shard: Shard, feats: torch.Tensor, granularity: str, metric: str) -> Matching:
+    """Match this shard's sources against the destinations of every shard (one all-gather of the
+    destinations' features, about 1/8 of the tokens at stride (2, 2, 2)). ``order_dst`` then indexes the
+    global destinations, in rank order."""
+    gran = "joint" if feats.dim() == 3 else granularity
+    src = matching_features(feats, part.src_idx, gran)  # [G, Ns_local, C]
+    mine = matching_features(feats, part.dst_idx, gran)  # [G, Nd_local, C]
+    slots, width = _pool_slots(part.dst_counts, feats.device)
+    pool = _gather_padded(mine, part.num_dst, width, 1, shard)  # [G, world * width, C]
+    dst = pool.index_select(1, slots)
+    return compute_matching(src, dst, metric, random_scores=part.random_scores)
+
+
+def reduction_across(part: ShardPartition, matching: Matching, n_r: int) -> AcrossReduction:
+    """Index tensors that drop this shard's ``n_r`` best-matched sources, restoring them from the pool."""
+    g = matching.order.shape[0]
+    n, nd = part.num_tokens, part.num_dst
+    dev = matching.order.device
+    slots, width = _pool_slots(part.dst_counts, dev)
+    keep_idx = torch.cat([part.dst_idx.unsqueeze(0).expand(g, nd), part.src_idx[matching.order[:, n_r:]]], dim=1)
+    drop_idx = part.src_idx[matching.order[:, :n_r]]
+    m = n - n_r
+    restore_idx = torch.empty((g, n), dtype=torch.long, device=dev)
+    restore_idx.scatter_(1, keep_idx, torch.arange(m, device=dev).unsqueeze(0).expand(g, m))
+    restore_idx.scatter_(1, drop_idx, m + slots[matching.order_dst[:, :n_r]])
+    return AcrossReduction(keep_idx, restore_idx, nd, width)
+
+
+def destination_pool(out: torch.Tensor, red: AcrossReduction, shard: Shard, seq_dim: int, start: int = 0) -> torch.Tensor:
+    """``out`` (the attention output of the reduced sequence; its video part, from ``start``, begins with the
+    shard's destinations) with every rank's destination outputs appended along ``seq_dim``, so that
+    ``red.restore_idx`` can restore from any of them."""
+    mine = out.narrow(seq_dim, start, out.shape[seq_dim] - start)
+    return torch.cat([out, _gather_padded(mine, red.num_dst, red.pool_width, seq_dim, shard)], dim=seq_dim)
+
+
 # ---------------------------------------------------------------------- one process, every shard at once
 
 
 def simulated_matching(part: Partition, shard: Shard, feats: torch.Tensor, granularity: str, metric: str,
-                       destinations: str = "local") -> tuple:
+                       across: bool) -> tuple:
     """Per-shard matchings of ``feats`` (the whole video, ``[B, N, C]`` or ``[B, H, N, D]``), as the ranks
-    compute them. ``destinations="global"`` matches each shard's sources against every destination (what an
-    all-gather of the destinations would buy; measured in docs/distributed.md)."""
+    compute them: against the destinations of every shard (``across``) or of their own shard only."""
     gran = "joint" if feats.dim() == 3 else granularity
-    all_dst = matching_features(feats, part.dst_idx, gran) if destinations == "global" else None
+    all_dst = matching_features(feats, part.dst_idx, gran) if across else None
+    seq = 1 if feats.dim() == 3 else 2
     out = []
     for r in range(shard.world):
         local = restrict(part, shard, r)
-        seq = 1 if feats.dim() == 3 else 2
         x = feats.narrow(seq, local.start, local.length)
         src = matching_features(x, local.src_idx, gran)
-        dst = all_dst if all_dst is not None else matching_features(x, local.dst_idx, gran)
+        dst = all_dst if across else matching_features(x, local.dst_idx, gran)
         out.append((local, compute_matching(src, dst, metric, random_scores=local.random_scores)))
-    return (destinations, tuple(out))
+    return (across, tuple(out))
 
 
-def simulated_reduction(part: Partition, shard: Shard, matchings: tuple, n_local: int):
-    """One :class:`~asymrnr.matching.Reduction` of the whole video equal to every rank's local reduction side
-    by side: the reduced sequence is the ranks' reduced shards in rank order, as the collectives assemble it."""
-    from .matching import Reduction
-
-    destinations, per_rank = matchings
-    keep, restore, drop, drop_dst = [], [], [], []
-    offset = 0
-    # global destination j sits at slot (offset of its shard) + (its rank among that shard's destinations)
-    dst_slot = None
-    if destinations == "global":
-        offsets, slots = [], []
-        o = 0
-        for local, _ in per_rank:
-            slots.append(o + torch.arange(local.num_dst, device=part.dst_idx.device))
-            o += local.length - n_local
-        dst_slot = torch.cat(slots)
-    for local, matching in per_rank:
-        if destinations == "global":
-            red = _reduce_to_global(local, matching, n_local, dst_slot, offset)
-        else:
-            red = make_reduction(local, matching, n_local)
-            red = Reduction(red.keep_idx, red.restore_idx + offset, red.drop_idx, red.drop_dst + offset, red.num_dst)
-        keep.append(red.keep_idx + local.start)
-        restore.append(red.restore_idx)
-        drop.append(red.drop_idx + local.start)
-        drop_dst.append(red.drop_dst)
-        offset += local.length - n_local
-    return Reduction(torch.cat(keep, 1), torch.cat(restore, 1), torch.cat(drop, 1), torch.cat(drop_dst, 1), -1)
-
-
-def _reduce_to_global(local: ShardPartition, matching: Matching, n_r: int, dst_slot: torch.Tensor, offset: int):
-    """A shard's reduction whose dropped sources restore from their matched destination anywhere."""
-    from .matching import Reduction
-
-    g = matching.order.shape[0]
-    n = local.num_tokens
-    keep_idx = torch.cat([local.dst_idx.unsqueeze(0).expand(g, local.num_dst), local.src_idx[matching.order[:, n_r:]]], 1)
-    drop_idx = local.src_idx[matching.order[:, :n_r]]
-    drop_dst = dst_slot[matching.order_dst[:, :n_r]]
-    restore = torch.empty((g, n), dtype=torch.long, device=keep_idx.device)
-    restore.scatter_(1, keep_idx, offset + torch.arange(n - n_r, device=keep_idx.device).unsqueeze(0).expand(g, -1))
-    restore.scatter_(1, drop_idx, drop_dst)
-    return Reduction(keep_idx, restore, drop_idx, drop_dst, local.num_dst)
+def simulated_reduction(part: Partition, shard: Shard, matchings: tuple, n_local: int) -> Reduction:
+    """One :class:`~asymrnr.matching.Reduction` of the whole video equal to every rank's reduction side by
+    side: the reduced sequence is the ranks' reduced shards in rank order, as the collectives assemble it,
+    and a dropped token restores from its destination wherever that lies."""
+    across, per_rank = matchings
+    dev = part.dst_idx.device
+    m = [local.length - n_local for local, _ in per_rank]
+    offsets = [sum(m[:r]) for r in range(len(m))]
+    # slot of global destination j in the concatenated reduced sequence (each shard's destinations first)
+    dst_slot = torch.cat([offsets[r] + torch.arange(local.num_dst, device=dev) for r, (local, _) in enumerate(per_rank)])
+    keep, restore = [], []
+    for r, (local, matching) in enumerate(per_rank):
+        g = matching.order.shape[0]
+        keep_idx = torch.cat([local.dst_idx.unsqueeze(0).expand(g, local.num_dst),
+                              local.src_idx[matching.order[:, n_local:]]], dim=1)
+        drop_idx = local.src_idx[matching.order[:, :n_local]]
+        drop_dst = matching.order_dst[:, :n_local]
+        drop_dst = dst_slot[drop_dst] if across else offsets[r] + drop_dst
+        restore_idx = torch.empty((g, local.length), dtype=torch.long, device=dev)
+        restore_idx.scatter_(1, keep_idx, offsets[r] + torch.arange(m[r], device=dev).unsqueeze(0).expand(g, m[r]))
+        restore_idx.scatter_(1, drop_idx, drop_dst)
+        keep.append(keep_idx + local.start)
+        restore.append(restore_idx)
+    keep_all, restore_all = torch.cat(keep, 1), torch.cat(restore, 1)
+    empty = torch.empty((keep_all.shape[0], 0), dtype=torch.long, device=dev)
+    return Reduction(keep_all, restore_all, empty, empty, 0)
 
 
 @contextlib.contextmanager
-def simulate_context_parallel(pipe_or_transformer: Any, world: int, *, destinations: str = "local"):
+def simulate_context_parallel(pipe_or_transformer: Any, world: int, *, destinations: str = "global"):
     """Inside the block, the applied schedule reduces as ``world`` context-parallel ranks would: each shard of
     the video tokens on its own (global partition restricted to the shard, equal counts per shard), in this
     one process, with full attention over all shards (what Ulysses and ring compute).
 
-    For measuring on one device what sharding costs in quality (docs/distributed.md), and for tests.
-    ``destinations="global"`` lets every shard's sources match destinations of every shard (not what the
-    runtime does under real context parallelism: the measurement that decided it)."""
+    For measuring on one device what sharding costs in quality (docs/distributed.md, and
+    ``scripts/measure_cp_quality.py``), and for tests. ``destinations="global"`` is what the runtime does on
+    real ranks (Q and K/V match destinations of every shard); ``"local"`` matches within each shard only."""
     from .runtime.apply import runtimes
 
     if world < 1:
@@ -478,5 +540,6 @@ def simulate_context_parallel(pipe_or_transformer: Any, world: int, *, destinati
 __all__ = [
     "RankContext", "env_context", "process_group", "rank_device", "all_gather_object", "gather_rounds", "RankFailed",
     "Shard", "shard_bounds", "shard_of", "context_parallel_config", "check_context_parallel", "ShardPartition",
-    "restrict", "local_count", "warn_clamped", "simulate_context_parallel", "simulated_matching", "simulated_reduction",
+    "restrict", "local_count", "warn_clamped", "AcrossReduction", "match_across", "reduction_across",
+    "destination_pool", "simulate_context_parallel", "simulated_matching", "simulated_reduction",
 ]

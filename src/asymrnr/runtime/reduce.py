@@ -93,10 +93,12 @@ def reduction(rt: Runtime, block: int, feature: str, feats: torch.Tensor, n_r: i
     """Matching of ``feats`` (``[B, N, C]`` or logical ``[B, H, N, D]`` video tokens) and its index tensors.
 
     The matching is computed at the first call of a cache window (per CFG branch, block and feature) and
-    reused for the rest of the window; its index tensors are derived once per ``n_r``. Under context
-    parallelism ``feats`` is this rank's shard, matched by the global partition restricted to it, and
-    ``n_r`` is the shard's own count (:func:`local_tokens`); simulated, ``feats`` is the whole video and
-    every shard is reduced on its own (:mod:`asymrnr.distributed`).
+    reused for the rest of the window; its index tensors are derived once per ``n_r``.
+
+    Under context parallelism (:mod:`asymrnr.distributed`) ``feats`` is this rank's shard, reduced by the
+    global partition restricted to it, ``n_r`` is the shard's own count (:func:`local_tokens`), and Q's and
+    K/V's sources match the destinations of every shard (:func:`across_shards`). Simulated, ``feats`` is the
+    whole video and every shard is reduced on its own, side by side.
 
     Returns:
         ``(reduction, keep [G, T + N - n_r], restore [G, T + N])``: the last two index the whole sequence
@@ -107,14 +109,15 @@ def reduction(rt: Runtime, block: int, feature: str, feats: torch.Tensor, n_r: i
     batch = feats.shape[0]
     shard = call.shard
     simulated = shard is not None and shard.simulated
+    across = across_shards(rt, feature, text_layout)
     entry = rt.cache.get(call.branch, block, feature, call.window, batch)
     part = rt.partition(block, feature, feats.device, shard=None if simulated else shard)
     if entry is None:
         granularity = "joint" if feats.dim() == 3 else settings.granularity
         if simulated:
-            from ..distributed import simulated_matching
-
-            matching = simulated_matching(part, shard, feats, granularity, settings.metric, rt.simulate_shards[1])
+            matching = _dist().simulated_matching(part, shard, feats, granularity, settings.metric, across)
+        elif across:
+            matching = _dist().match_across(part, shard, feats, granularity, settings.metric)
         else:
             src = matching_features(feats, part.src_idx, granularity)
             dst = matching_features(feats, part.dst_idx, granularity)
@@ -126,9 +129,9 @@ def reduction(rt: Runtime, block: int, feature: str, feats: torch.Tensor, n_r: i
     if derived is None:
         n = part.num_tokens
         if simulated:
-            from ..distributed import simulated_reduction
-
-            red = simulated_reduction(part, shard, entry.matching, n_r)
+            red = _dist().simulated_reduction(part, shard, entry.matching, n_r)
+        elif across:
+            red = _dist().reduction_across(part, entry.matching, n_r)
         else:
             red = make_reduction(part, entry.matching, n_r)
         derived = (red, with_text(red.keep_idx, text_len, text_layout, n),
@@ -137,15 +140,30 @@ def reduction(rt: Runtime, block: int, feature: str, feats: torch.Tensor, n_r: i
     return derived
 
 
-def local_tokens(rt: Runtime, block: int, feature: str, n: int, num_video: int, device) -> int:
+def _dist():
+    """:mod:`asymrnr.distributed`, imported when context parallelism is in use."""
+    from .. import distributed
+
+    return distributed
+
+
+def across_shards(rt: Runtime, feature: str, text_layout: str = "none") -> bool:
+    """Whether, under context parallelism, ``feature``'s sources match destinations of every rank's shard: Q
+    and K/V with the ``discard`` reduction (docs/distributed.md: it keeps CP at single-process quality);
+    SymRnR's ``h`` and the ``mean`` merge stay within the shard."""
+    shard = rt.call.shard if rt.call is not None else None
+    if shard is None or feature not in ("q", "kv") or rt.matching.reduce_op != "discard" or text_layout == "last":
+        return False
+    return not shard.simulated or rt.simulate_shards[1] == "global"
+
+
+def local_tokens(rt: Runtime, block: int, feature: str, n: int, num_video: int, device, text_layout: str = "none") -> int:
     """The count of video tokens to drop in this call for the plan's ``n``: ``n`` itself, or under context
     parallelism (real or simulated) each shard's share, the same on every rank
     (:func:`asymrnr.distributed.local_count`). ``num_video``: the video tokens this site holds."""
     shard = rt.call.shard if rt.call is not None else None
     if shard is None or not n:
         return n
-    from .. import distributed
-
     if not shard.simulated and num_video != shard.length:
         raise AsymRnRError(
             f"{rt.component} block {block}: this rank holds {num_video} video tokens, but context parallelism over "
@@ -155,10 +173,10 @@ def local_tokens(rt: Runtime, block: int, feature: str, n: int, num_video: int, 
     if shard.simulated and rt.matching.reduce_op == "mean":
         raise AsymRnRError("simulate_context_parallel supports reduce_op 'discard' only")
     part = rt.partition(block, feature, device, shard=None if shard.simulated else shard)
-    local = distributed.restrict(part, shard, 0) if shard.simulated else part
-    count = distributed.local_count(n, local, shard.world)
+    local = _dist().restrict(part, shard, 0) if shard.simulated else part
+    count = _dist().local_count(n, local, shard.world, across=across_shards(rt, feature, text_layout))
     if count < n // shard.world:
-        distributed.warn_clamped(rt.call.grid, block, feature, n, count, shard.world, local)
+        _dist().warn_clamped(rt.call.grid, block, feature, n, count, shard.world, local)
     return count
 
 
@@ -266,6 +284,8 @@ def attend(rt: Runtime, block: int, query: torch.Tensor, key: torch.Tensor, valu
         attn_mask = _mask_cols(attn_mask, keep_kv)
     out = attend_fn(query, key, value, attn_mask=attn_mask)
     if restore_q is not None:
+        if rt.call.shard is not None and not rt.call.shard.simulated and across_shards(rt, "q", text_layout):
+            out = _dist().destination_pool(out, red_q, rt.call.shard, seq, start)  # destinations of every rank
         out = select_seq(out, restore_q, heads_dim)
     return out
 
