@@ -428,26 +428,87 @@ def expect_schedule(path: str | os.PathLike, option: str) -> Path:
 # --------------------------------------------------------------------------------------------- profiling
 
 
-def _profile_into(job: GenerationJob, path: Path, mode: str, todo: list[int]) -> float:
-    """Load the model and profile the prompts ``todo`` (indices into job.prompts) into ``path``. Seconds."""
-    import torch
+def _profile_into(job: GenerationJob, todo: list[int], receive, ctx=None) -> float:
+    """Load the model and profile the prompts ``todo`` (indices into job.prompts), spread over the ranks of
+    ``ctx`` (one process by default); rank 0's ``receive(index, run)`` gets every run. Seconds of profiling.
 
-    import asymrnr
-
+    Raises :class:`asymrnr.distributed.RankFailed` (on every rank) when a rank failed or was interrupted."""
+    from .distributed import RankContext
     from .models.presets import load_pipeline
+    from .profiler.sharded import agree, profile_prompts
 
+    ctx = ctx or RankContext()
     preset = job.preset
     source = "embedded" if preset.embedded and job.model_path is None else job.model_path or preset.hub_id
-    _echo(f"loading {preset.name} ({source}) on {job.device}")
-    pipe = load_pipeline(preset.name, model_path=job.model_path, dtype=job.dtype, device=job.device)
-    pipe.set_progress_bar_config(leave=False, desc="steps")
+    if ctx.is_main:
+        ranks = f" (and {ctx.world - 1} more rank(s), each on its own device)" if ctx.distributed else ""
+        _echo(f"loading {preset.name} ({source}) on {job.device}{ranks}")
+    pipe, error = None, None
+    try:
+        pipe = load_pipeline(preset.name, model_path=job.model_path, dtype=job.dtype, device=job.device)
+        pipe.set_progress_bar_config(leave=False, desc="steps", disable=not ctx.is_main)
+    except Exception as err:  # noqa: BLE001 - the other ranks must hear of it
+        error = err
+    agree(ctx, error, "to load the model")
     started = time.perf_counter()
-    with asymrnr.profile(pipe, path, mode=mode):
-        with click.progressbar(todo, label="prompts", show_pos=True) as bar:
-            for i in bar:
-                generator = torch.Generator(device="cpu").manual_seed(job.seeds[i])
-                pipe(job.prompts[i], generator=generator, output_type="latent", **job.settings)
+    if not ctx.is_main:
+        profile_prompts(ctx, pipe, job.runs(), job.settings, todo, receive)
+        return time.perf_counter() - started
+    with click.progressbar(length=len(todo), label="prompts", show_pos=True) as bar:
+        def advance(k: int) -> None:
+            bar.update(min(ctx.world, len(todo) - k * ctx.world))
+
+        profile_prompts(ctx, pipe, job.runs(), job.settings, todo, receive, on_round=advance)
     return time.perf_counter() - started
+
+
+class _Followers:
+    """Rank 0 tells the other ranks once what to profile (``("todo", [...])``) or that it stopped
+    (``("abort", message)``); the other ranks wait for it before loading anything."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.told = not ctx.distributed
+
+    def tell(self, payload) -> None:
+        if self.told:
+            return
+        from .distributed import all_gather_object
+
+        self.told = True
+        all_gather_object(payload, self.ctx)
+
+    def stop(self, err: BaseException) -> None:
+        with contextlib.suppress(Exception):
+            self.tell(("abort", _one_line(err) or type(err).__name__))
+
+
+def _follow(job: GenerationJob, ctx) -> dict:
+    """A rank other than 0: wait for rank 0's prompts, profile this rank's share of them, send the runs."""
+    from .distributed import RankFailed, all_gather_object
+
+    kind, value = all_gather_object(None, ctx)[0]
+    if kind == "abort":
+        raise AsymRnRError(f"rank 0 stopped before profiling: {value}")
+    try:
+        _profile_into(job, value, None, ctx)
+    except RankFailed as err:
+        raise AsymRnRError(f"rank {ctx.rank} stopped: {err}; rank 0 kept the runs completed so far") from None
+    return {}
+
+
+def _stopped_message(collector, partial: Path, err: BaseException, job: GenerationJob, fix: str) -> str:
+    """What an interrupted profiling kept, what it misses, and how to complete it."""
+    from .profiler.sharded import describe_missing
+
+    missing = collector.todo
+    why = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{err}"
+    if collector.received or partial.exists():
+        kept = f"the {len(collector.received)} run(s) profiled now are kept in {partial}"
+    else:
+        kept = "no run was completed"
+    return (f"profiling stopped ({why}): {kept}; {len(missing)} of {len(job.prompts)} prompt(s) missing: "
+            f"{describe_missing(job.runs(), missing)}; {fix}")
 
 
 def _copy_runs(stats, indices: list[int], source: Path, dest: Path) -> None:
@@ -455,42 +516,9 @@ def _copy_runs(stats, indices: list[int], source: Path, dest: Path) -> None:
     if indices == list(range(stats.num_runs)):
         shutil.copyfile(source, dest)
         return
-    from .profiler.stats_format import RunStats, StatsWriter
+    from .formats.stats.merge import FileSettings, run_of, write_runs
 
-    writer = StatsWriter(dest, model=stats.model, generation=stats.generation, matching=stats.matching,
-                         branches=stats.branches, profiled_schedule=stats.profiled_schedule,
-                         tool_version=stats.tool_version, mode="w")
-    try:
-        for i in indices:
-            writer.write_run(RunStats(
-                prompt=stats.prompts[i],
-                seed=int(stats.seeds[i]),
-                timesteps=stats.timesteps[i],
-                sim_mean={m: a[i] for m, a in stats.sim_mean.items()},
-                sim_quantiles={m: a[i] for m, a in stats.sim_quantiles.items()},
-                sim_rate_curve={m: a[i] for m, a in stats.sim_rate_curve.items()},
-                norm_quantiles=stats.norm_quantiles[i],
-                norm_hist=stats.norm_hist[i],
-                stability_same_dst=stats.stability_same_dst[i],
-                stability_corr=stats.stability_corr[i],
-            ))
-    finally:
-        writer.close()
-
-
-def _matching_runs(stats, job: GenerationJob) -> tuple[list[int], list[int]]:
-    """``(kept, todo)``: indices of runs in ``stats`` to keep (first run of each wanted (prompt, seed)), and
-    indices into ``job.prompts`` still to profile."""
-    have: dict[tuple[str, int], int] = {}
-    for i, key in enumerate(zip(stats.prompts, (int(s) for s in stats.seeds))):
-        have.setdefault(key, i)
-    kept, todo = [], []
-    for j, key in enumerate(job.runs()):
-        if key in have:
-            kept.append(have[key])
-        else:
-            todo.append(j)
-    return kept, todo
+    write_runs(dest, FileSettings.of(stats), (run_of(stats, i) for i in indices))
 
 
 # --------------------------------------------------------------------------------------------- calibrate
@@ -549,59 +577,111 @@ def _write_report(stats, path: Path, schedule) -> Path | None:
 def run_calibrate(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
                   dtype, device, cache_steps, budget_preset, target_speedup, out_dir, verbose, overwrite=False,
                   resume=False) -> dict:
-    """Profile the model on prompts, plan a schedule, write stats, schedule and report. Returns the paths."""
+    """Profile the model on prompts, plan a schedule, write stats, schedule and report. Returns the paths.
+
+    Under torchrun (``WORLD_SIZE`` > 1) the prompts are spread over the ranks; rank 0 alone locks and writes
+    ``--out`` (docs/distributed.md)."""
+    from .distributed import env_context, process_group, rank_device
+
     _setup_logging(verbose)
     if overwrite and resume:
         raise click.UsageError("--overwrite and --resume exclude each other: pass one")
+    ctx = env_context()
     job = prepare_job(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
                       dtype, device)
     out = Path(out_dir or Path("runs") / model_name)
     for name in (STATS_NAME, SCHEDULE_NAME, REPORT_NAME):
         check_output_path(out / name, inputs=[prompts_file])
-    _resolve_device(job)
-    created = _prepare_out_dir(out)
-    try:
-        with folder_lock(out, LOCK_NAME, what="another calibration",
-                         fix="wait for it to finish, or choose another --out"):
-            return _calibrate_locked(job, out, cache_steps, budget_preset, target_speedup, overwrite, resume)
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()  # only if still empty
-        raise
+    with process_group(ctx):
+        if ctx.distributed:
+            job.device = rank_device(job.device, ctx)
+        else:
+            _resolve_device(job)
+        if not ctx.is_main:
+            return _follow(job, ctx)
+        followers = _Followers(ctx)
+        created = False
+        try:
+            created = _prepare_out_dir(out)
+            with folder_lock(out, LOCK_NAME, what="another calibration",
+                             fix="wait for it to finish, or choose another --out"):
+                return _calibrate_locked(job, out, cache_steps, budget_preset, target_speedup, overwrite, resume,
+                                         ctx, followers)
+        except BaseException as err:
+            followers.stop(err)
+            if created:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # only if still empty
+            raise
 
 
 def _calibrate_locked(job: GenerationJob, out: Path, cache_steps, budget_preset, target_speedup, overwrite,
-                      resume) -> dict:
+                      resume, ctx=None, followers=None) -> dict:
+    from .distributed import RankContext, RankFailed
     from .planner import plan_schedule
     from .profiler import load_stats
+    from .profiler.sharded import RunCollector, partial_path
 
+    ctx = ctx or RankContext()
+    followers = followers or _Followers(ctx)
     _remove_stale_staging(out)
     existing = _existing_results(out)
-    if existing and not (overwrite or resume):
+    partial = partial_path(out / STATS_NAME)
+    had_partial = partial.is_file()
+    if (existing or had_partial) and not (overwrite or resume):
+        held = existing + ([partial.name] if had_partial else [])
         raise AsymRnRError(
-            f"{out} already holds asymrnr results ({', '.join(existing)}); pass --resume to keep the runs of its "
-            "stats.h5 whose prompt and seed match this calibration and profile only the missing prompts, or "
-            "--overwrite to start over (either way the old results are replaced only once the new stats, schedule "
-            "and report are complete), or choose another --out"
+            f"{out} already holds asymrnr results ({', '.join(held)}); pass --resume to keep the runs of its "
+            "stats.h5 (and of stats.partial.h5, left by an interrupted calibration) whose prompt and seed match "
+            "this calibration and profile only the missing prompts, or --overwrite to start over (either way the "
+            "old results are replaced only once the new stats, schedule and report are complete), or choose "
+            "another --out"
         )
-    old_stats, kept, todo = None, [], list(range(len(job.prompts)))
-    if resume and (out / STATS_NAME).exists():
-        where = out / STATS_NAME
-        try:
-            old_stats = load_stats(where)
-        except AsymRnRError as err:
-            raise AsymRnRError(f"cannot resume: {err}; pass --overwrite to start over") from None
-        _check_same_generation(old_stats, job, str(where), "pass --overwrite to start over")
-        kept, todo = _matching_runs(old_stats, job)
+    sources = []
+    if resume:
+        for where in (out / STATS_NAME, partial):
+            if not where.exists():
+                continue
+            try:
+                stats = load_stats(where)
+            except AsymRnRError as err:
+                raise AsymRnRError(f"cannot resume: {err}; pass --overwrite to start over") from None
+            _check_same_generation(stats, job, str(where), "pass --overwrite to start over")
+            sources.append(stats)
+    collector = RunCollector(job.runs(), sources, partial=partial, append_partial=resume)
+    todo = collector.todo
+    kept = sorted(collector.kept)
+    if resume:
+        where = " and ".join(str(p) for p in (out / STATS_NAME, partial) if p.exists()) or str(out / STATS_NAME)
         _echo(f"resuming: {len(kept)} of {len(job.prompts)} run(s) already in {where}, {len(todo)} to profile")
+    followers.tell(("todo", todo))
 
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    profiled = False
     try:
         staged_stats = staging / STATS_NAME
-        if kept:
-            _copy_runs(old_stats, kept, out / STATS_NAME, staged_stats)
-        profile_s = _profile_into(job, staged_stats, "a" if kept else "w", todo) if todo else 0.0
+        profile_s = 0.0
+        if todo:
+            try:
+                profile_s = _profile_into(job, todo, collector.receive, ctx)
+            except (RankFailed, KeyboardInterrupt) as err:
+                collector.close()
+                message = _stopped_message(collector, partial, err, job, "run the same command with --resume to "
+                                           "profile only the missing prompts")
+                if isinstance(err, KeyboardInterrupt):
+                    _echo(message, err=True)
+                    raise
+                raise AsymRnRError(message) from None
+            finally:
+                collector.close()
+        n = len(job.prompts)
+        old = sources[0] if sources and sources[0].path == str(out / STATS_NAME) else None
+        if not todo and old is not None and old.num_runs == n and all(
+                collector.kept[j][0] is old and collector.kept[j][1] == j for j in range(n)):
+            _copy_runs(old, list(range(n)), out / STATS_NAME, staged_stats)  # byte for byte
+        else:
+            collector.write(staged_stats)
+        profiled = True
 
         # where it will be: the report and the schedule name it
         stats = dataclasses.replace(load_stats(staged_stats), path=str(out / STATS_NAME))
@@ -615,7 +695,10 @@ def _calibrate_locked(job: GenerationJob, out: Path, cache_steps, budget_preset,
         if _write_report(stats, staging / REPORT_NAME, schedule) is not None:
             produced.append(REPORT_NAME)
         _move_into_place(staging, out, produced)
+        partial.unlink(missing_ok=True)  # every run is in stats.h5 now
     except BaseException:
+        if profiled and not had_partial:
+            partial.unlink(missing_ok=True)  # its runs were all profiled by this calibration, which failed later
         if existing:
             _echo(f"calibration stopped: the results in {out} were left as they were", err=True)
         raise
@@ -625,7 +708,8 @@ def _calibrate_locked(job: GenerationJob, out: Path, cache_steps, budget_preset,
     stats_path, schedule_path = out / STATS_NAME, out / SCHEDULE_NAME
     report_path = out / REPORT_NAME if REPORT_NAME in produced else None
     _echo("")
-    _echo(f"profiled {len(todo)} generation(s) in {profile_s:.1f} s" + (f", kept {len(kept)}" if kept else ""))
+    on = f" on {ctx.world} ranks" if ctx.distributed else ""
+    _echo(f"profiled {len(todo)} generation(s) in {profile_s:.1f} s{on}" + (f", kept {len(kept)}" if kept else ""))
     _echo(result.message)
     _echo(f"schedule {schedule.tag}: predicted speedup {result.predicted_speedup:.3f}x (FLOPs model)")
     if not result.reached:
@@ -676,51 +760,157 @@ main.add_command(calibrate_command, name="calibrate")
               show_default=True, help="The statistics file to write.")
 @click.option("--append", is_flag=True, help="Add the runs to an existing statistics file of the same model and settings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file (only once every prompt is profiled).")
+@click.option("--resume", is_flag=True,
+              help="An interrupted profile left OUTPUT's partial file (stats.partial.h5 for stats.h5): keep its runs "
+                   "whose prompt and seed match, profile only the missing prompts.")
 @_user_errors
 def profile_command(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
-                    dtype, device, verbose, output, append, overwrite):
+                    dtype, device, verbose, output, append, overwrite, resume):
     """Profile a model on prompts and write the statistics file only (no planning, no report).
 
     The file is written next to OUTPUT under a temporary name and moved into place once every prompt is
-    profiled; an existing OUTPUT is refused unless --append or --overwrite is given.
+    profiled; an existing OUTPUT is refused unless --append or --overwrite is given. Runs completed before
+    an interruption (Ctrl-C, a failed rank under torchrun) are kept in OUTPUT's partial file; --resume
+    completes them. Under torchrun the prompts are spread over the ranks, rank 0 writes.
     Plan from it with `asymrnr plan`.
     """
+    from .distributed import env_context, process_group, rank_device
+    from .profiler.sharded import partial_path
+
     _setup_logging(verbose)
     if append and overwrite:
         raise click.UsageError("--append and --overwrite exclude each other: pass one")
+    if resume and overwrite:
+        raise click.UsageError("--overwrite and --resume exclude each other: pass one")
+    ctx = env_context()
     job = prepare_job(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
                       dtype, device)
     path = check_output_path(output, inputs=[prompts_file], option="-o")
+    partial = partial_path(path)
     if path.exists() and not (append or overwrite):
         raise AsymRnRError(
             f"{path} already exists; pass --append to add these runs to it (same model and settings), --overwrite "
             "to replace it (once every prompt is profiled), or choose another -o"
         )
-    _resolve_device(job)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from .profiler import load_stats
-
-    with folder_lock(path.parent, f".{path.name}.lock", what=f"another asymrnr profile of {path.name}",
-                     fix="wait for it to finish, or choose another -o"):
-        old = None
-        if append and path.exists():
-            expect_stats(path, "profile --append")
-            old = load_stats(path)
-            _check_same_generation(old, job, str(path), "write to another -o file")
-        tmp = exclusive_temp(path, ".partial")
+    if partial.exists() and not (resume or overwrite):
+        raise AsymRnRError(
+            f"{partial} holds the runs of an interrupted profile of {path.name}; pass --resume to keep those whose "
+            "prompt and seed match and profile only the missing prompts, or --overwrite to start over"
+        )
+    with process_group(ctx):
+        if ctx.distributed:
+            job.device = rank_device(job.device, ctx)
+        else:
+            _resolve_device(job)
+        if not ctx.is_main:
+            _follow(job, ctx)
+            return
+        followers = _Followers(ctx)
         try:
-            if old is not None:
-                shutil.copyfile(path, tmp)
-            seconds = _profile_into(job, tmp, "a" if old is not None else "w", list(range(len(job.prompts))))
-            stats = load_stats(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with folder_lock(path.parent, f".{path.name}.lock", what=f"another asymrnr profile of {path.name}",
+                             fix="wait for it to finish, or choose another -o"):
+                old, seconds, stats, done = _profile_locked(job, path, partial, append, resume, ctx, followers)
+        except BaseException as err:
+            followers.stop(err)
             raise
     added = f", added to the {old.num_runs} run(s) it held" if old is not None else ""
     _echo("")
-    _echo(f"profiled {len(job.prompts)} generation(s) in {seconds:.1f} s{added}: {stats.num_runs} run(s) in {path}")
+    on = f" on {ctx.world} ranks" if ctx.distributed else ""
+    _echo(f"profiled {done} generation(s) in {seconds:.1f} s{on}{added}: {stats.num_runs} run(s) in {path}")
+    _echo(f"plan a schedule from it: asymrnr plan {path} --target-speedup 1.3 -o schedule.json")
+
+
+def _profile_locked(job: GenerationJob, path: Path, partial: Path, append: bool, resume: bool, ctx, followers):
+    """Rank 0 of ``asymrnr profile``, holding the lock: ``(old stats or None, seconds, new stats, runs profiled)``."""
+    from .distributed import RankFailed
+    from .profiler import load_stats
+    from .profiler.sharded import RunCollector
+
+    old = None
+    if append and path.exists():
+        expect_stats(path, "profile --append")
+        old = load_stats(path)
+        _check_same_generation(old, job, str(path), "write to another -o file")
+    sources = []
+    if resume and partial.exists():
+        sources.append(load_stats(partial))
+        _check_same_generation(sources[0], job, str(partial), "pass --overwrite to start over")
+        if old is not None:
+            from .formats.stats.merge import header_differences
+
+            diffs = header_differences(old, sources[0])
+            if diffs:
+                raise AsymRnRError(f"{partial} and {path} differ in {diffs[0][0]}; pass --overwrite to start over")
+    collector = RunCollector(job.runs(), sources, partial=partial, append_partial=resume)
+    todo = collector.todo
+    if resume:
+        _echo(f"resuming: {len(collector.kept)} of {len(job.prompts)} run(s) already in {partial}, "
+              f"{len(todo)} to profile")
+    followers.tell(("todo", todo))
+    seconds = 0.0
+    if todo:
+        try:
+            seconds = _profile_into(job, todo, collector.receive, ctx)
+        except (RankFailed, KeyboardInterrupt) as err:
+            collector.close()
+            message = _stopped_message(collector, partial, err, job, "run the same command with --resume to "
+                                       "profile only the missing prompts")
+            if isinstance(err, KeyboardInterrupt):
+                _echo(message, err=True)
+                raise
+            raise AsymRnRError(message) from None
+        finally:
+            collector.close()
+    tmp = exclusive_temp(path, ".partial")
+    try:
+        if old is not None:
+            shutil.copyfile(path, tmp)
+        writer = collector.settings.writer(tmp, "a" if old is not None else "w")
+        try:
+            for run in collector.ordered():
+                writer.write_run(run)
+        finally:
+            writer.close()
+        stats = load_stats(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    partial.unlink(missing_ok=True)  # every run is in OUTPUT now
+    return old, seconds, stats, len(todo)
+
+
+# ------------------------------------------------------------------------------------------------ merge
+
+
+@main.command("merge", epilog="Example: asymrnr merge node1/stats.h5 node2/stats.h5 -o stats.h5")
+@click.argument("stats_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The statistics file to write (not one of the inputs).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@_user_errors
+def merge_command(stats_files, output, overwrite):
+    """Merge statistics files made on different machines into one, e.g. to plan from all their runs.
+
+    The files must agree on the model, the generation settings and the matching settings (a differing key
+    is named with both values); every run is kept once (the same prompt and seed is the same run: the first
+    file's is kept).
+    """
+    for f in stats_files:
+        expect_stats(f, "merge")
+    path = check_output_path(output, inputs=list(stats_files), option="-o")
+    if path.exists() and not overwrite:
+        raise AsymRnRError(f"{path} already exists; pass --overwrite to replace it, or choose another -o")
+    from .formats.stats.merge import merge_stats
+
+    result = merge_stats(list(stats_files), path)
+    for f, n in zip(stats_files, result.kept):
+        _echo(f"{f}: {n} run(s)")
+    if result.duplicates:
+        _echo(f"left out {len(result.duplicates)} run(s) already present (same prompt and seed)")
+    _echo(f"merged {result.num_runs} run(s) into {path}")
     _echo(f"plan a schedule from it: asymrnr plan {path} --target-speedup 1.3 -o schedule.json")
 
 
