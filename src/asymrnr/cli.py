@@ -433,7 +433,7 @@ def _profile_into(job: GenerationJob, todo: list[int], receive, ctx=None) -> flo
     ``ctx`` (one process by default); rank 0's ``receive(index, run)`` gets every run. Seconds of profiling.
 
     Raises :class:`asymrnr.distributed.RankFailed` (on every rank) when a rank failed or was interrupted."""
-    from .distributed import RankContext
+    from .distributed import RankContext, sigterm_interrupts
     from .models.presets import load_pipeline
     from .profiler.sharded import agree, profile_prompts
 
@@ -452,9 +452,10 @@ def _profile_into(job: GenerationJob, todo: list[int], receive, ctx=None) -> flo
     agree(ctx, error, "to load the model")
     started = time.perf_counter()
     if not ctx.is_main:
-        profile_prompts(ctx, pipe, job.runs(), job.settings, todo, receive)
+        with sigterm_interrupts():
+            profile_prompts(ctx, pipe, job.runs(), job.settings, todo, receive)
         return time.perf_counter() - started
-    with click.progressbar(length=len(todo), label="prompts", show_pos=True) as bar:
+    with sigterm_interrupts(), click.progressbar(length=len(todo), label="prompts", show_pos=True) as bar:
         def advance(k: int) -> None:
             bar.update(min(ctx.world, len(todo) - k * ctx.world))
 
@@ -501,8 +502,13 @@ def _stopped_message(collector, partial: Path, err: BaseException, job: Generati
     """What an interrupted profiling kept, what it misses, and how to complete it."""
     from .profiler.sharded import describe_missing
 
+    from .distributed import Terminated
+
     missing = collector.todo
-    why = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{err}"
+    if isinstance(err, Terminated):
+        why = "terminated by SIGTERM: under torchrun, another rank failed or the job was stopped"
+    else:
+        why = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{err}"
     if collector.received or partial.exists():
         kept = f"the {len(collector.received)} run(s) profiled now are kept in {partial}"
     else:

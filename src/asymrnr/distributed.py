@@ -155,6 +155,31 @@ def all_gather_object(obj: Any, ctx: RankContext) -> list[Any]:
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (torchrun stops every rank this way when one of them failed)."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Inside the block, SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``) instead of killing the
+    process at once, so that rank 0 can still say which prompts are missing. Main thread only."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class RankFailed(AsymRnRError):
     """A rank of a sharded calibration failed or was interrupted; the rounds stopped on every rank.
 
@@ -539,6 +564,7 @@ def simulate_context_parallel(pipe_or_transformer: Any, world: int, *, destinati
 
 __all__ = [
     "RankContext", "env_context", "process_group", "rank_device", "all_gather_object", "gather_rounds", "RankFailed",
+    "Terminated", "sigterm_interrupts",
     "Shard", "shard_bounds", "shard_of", "context_parallel_config", "check_context_parallel", "ShardPartition",
     "restrict", "local_count", "warn_clamped", "AcrossReduction", "match_across", "reduction_across",
     "destination_pool", "simulate_context_parallel", "simulated_matching", "simulated_reduction",
