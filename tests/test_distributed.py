@@ -241,6 +241,17 @@ def test_families_without_a_cp_plan_refuse_a_parallelised_transformer(tiny_trans
         assert not runtimes(model)
     finally:
         model._parallel_config = None
+    # parallelised after apply: refused at the next call, before any attention runs
+    from helpers import call, tiny_inputs
+
+    asymrnr.apply(model, schedule)
+    try:
+        model._parallel_config = types.SimpleNamespace(context_parallel_config=object())
+        with pytest.raises(AsymRnRError, match="cogvideox attention would see only its own rank's tokens"):
+            call(model, *tiny_inputs("5b"), 500)
+    finally:
+        model._parallel_config = None
+        asymrnr.remove(model)
 
 
 def test_gather_rounds_on_one_process_reports_what_is_missing():
@@ -451,3 +462,28 @@ def test_a_failed_rank_loses_no_completed_run_and_resume_completes(tmp_path):
     assert "3 of 4 run(s) already in" in res.output and "1 to profile" in res.output
     assert_same_stats(load_stats(out / "stats.h5"), reference_stats(tmp_path, 4))
     assert not (out / "stats.partial.h5").exists()
+
+
+def test_an_interrupted_profile_keeps_its_runs_and_resume_completes_them(tmp_path, monkeypatch):
+    import asymrnr.profiler.sharded as sharded
+
+    target = tmp_path / "stats.h5"
+    real = sharded.profile_one
+
+    def failing(pipe, prompt, seed, settings, folder):
+        if seed == 1:
+            raise RuntimeError("disk on fire")
+        return real(pipe, prompt, seed, settings, folder)
+
+    monkeypatch.setattr(sharded, "profile_one", failing)
+    args = ["profile", *TINY, "--num-prompts", "2", "-o", str(target)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code != 0 and "rank 0 failed on prompt 1: RuntimeError: disk on fire" in res.output
+    assert "prompt 1 (seed 1)" in res.output and "Traceback" not in res.output
+    assert not target.exists() and load_stats(tmp_path / "stats.partial.h5").seeds.tolist() == [0]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code != 0 and "--resume" in res.output
+    monkeypatch.setattr(sharded, "profile_one", real)
+    res = CliRunner().invoke(main, [*args, "--resume"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert load_stats(target).seeds.tolist() == [0, 1] and not (tmp_path / "stats.partial.h5").exists()

@@ -380,11 +380,10 @@ class Runtime:
         it right), a simulated one inside ``simulate_context_parallel``, else ``None``."""
         from .. import distributed
 
-        shard = distributed.shard_of(self.module, math.prod(grid))
-        if shard is not None:
+        if distributed.context_parallel_config(self.module) is not None:
             distributed.check_context_parallel(self.adapter, self.module, self.component,
                                                observing=bool(self.observers))
-            return shard
+            return distributed.shard_of(self.module, math.prod(grid))
         if self.simulate_shards is not None:
             world = self.simulate_shards[0]
             return distributed.Shard(0, world, distributed.shard_bounds(math.prod(grid), world, uneven=True),
