@@ -500,9 +500,8 @@ def _follow(job: GenerationJob, ctx) -> dict:
 
 def _stopped_message(collector, partial: Path, err: BaseException, job: GenerationJob, fix: str) -> str:
     """What an interrupted profiling kept, what it misses, and how to complete it."""
-    from .profiler.sharded import describe_missing
-
     from .distributed import Terminated
+    from .profiler.sharded import describe_missing
 
     missing = collector.todo
     if isinstance(err, Terminated):

@@ -78,7 +78,8 @@ def env_context() -> RankContext:
         try:
             return int(value)
         except ValueError:
-            raise AsymRnRError(f"the environment variable {name}={value!r} is not an integer; launch with torchrun") from None
+            raise AsymRnRError(
+                f"the environment variable {name}={value!r} is not an integer; launch with torchrun") from None
 
     world = read("WORLD_SIZE", 1)
     rank = read("RANK", 0)
@@ -477,7 +478,8 @@ def reduction_across(part: ShardPartition, matching: Matching, n_r: int) -> Acro
     return AcrossReduction(keep_idx, restore_idx, nd, width)
 
 
-def destination_pool(out: torch.Tensor, red: AcrossReduction, shard: Shard, seq_dim: int, start: int = 0) -> torch.Tensor:
+def destination_pool(out: torch.Tensor, red: AcrossReduction, shard: Shard, seq_dim: int,
+                     start: int = 0) -> torch.Tensor:
     """``out`` (the attention output of the reduced sequence; its video part, from ``start``, begins with the
     shard's destinations) with every rank's destination outputs appended along ``seq_dim``, so that
     ``red.restore_idx`` can restore from any of them."""
@@ -514,7 +516,8 @@ def simulated_reduction(part: Partition, shard: Shard, matchings: tuple, n_local
     m = [local.length - n_local for local, _ in per_rank]
     offsets = [sum(m[:r]) for r in range(len(m))]
     # slot of global destination j in the concatenated reduced sequence (each shard's destinations first)
-    dst_slot = torch.cat([offsets[r] + torch.arange(local.num_dst, device=dev) for r, (local, _) in enumerate(per_rank)])
+    dst_slot = torch.cat([offsets[r] + torch.arange(local.num_dst, device=dev)
+                          for r, (local, _) in enumerate(per_rank)])
     keep, restore = [], []
     for r, (local, matching) in enumerate(per_rank):
         g = matching.order.shape[0]

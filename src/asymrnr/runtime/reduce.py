@@ -157,7 +157,8 @@ def across_shards(rt: Runtime, feature: str, text_layout: str = "none") -> bool:
     return not shard.simulated or rt.simulate_shards[1] == "global"
 
 
-def local_tokens(rt: Runtime, block: int, feature: str, n: int, num_video: int, device, text_layout: str = "none") -> int:
+def local_tokens(rt: Runtime, block: int, feature: str, n: int, num_video: int, device,
+                 text_layout: str = "none") -> int:
     """The count of video tokens to drop in this call for the plan's ``n``: ``n`` itself, or under context
     parallelism (real or simulated) each shard's share, the same on every rank
     (:func:`asymrnr.distributed.local_count`). ``num_video``: the video tokens this site holds."""
