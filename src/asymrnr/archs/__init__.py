@@ -17,6 +17,8 @@ from .base import ArchAdapter, class_name
 
 #: Adapter modules, imported on first use (each is torch-free at import).
 _MODULES = ("cogvideox", "wan")
+#: The one family version-1 schedule and statistics files described (they predate ``model.family``).
+VERSION_1_FAMILY = "cogvideox"
 _ADAPTERS: dict[str, ArchAdapter] = {}
 
 

@@ -14,10 +14,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import AsymRnRError
+from .. import vocab
 
 #: Statistics features and metrics in page order (the contract's order; see docs/architecture.md).
-STAT_FEATURES: tuple[str, ...] = ("h", "q", "k", "v")
-STAT_METRICS: tuple[str, ...] = ("euclidean", "cosine")
+STAT_FEATURES: tuple[str, ...] = vocab.STAT_FEATURES
+STAT_METRICS: tuple[str, ...] = vocab.STAT_METRICS
 FEATURE_LABELS = {"h": "H", "q": "Q", "k": "K", "v": "V", "kv": "KV"}
 METRIC_LABELS = {"euclidean": "Euclidean", "cosine": "cosine"}
 METRIC_MEANINGS = {
@@ -295,8 +296,7 @@ def step_groups(num_steps: int, max_groups: int) -> list[Group]:
 
 def recompute_steps(num_steps: int, cache_steps: int) -> list[int]:
     """Steps at which the matching cache recomputes: ``k % cache_steps == 0``."""
-    cs = max(1, int(cache_steps))
-    return [k for k in range(int(num_steps)) if k % cs == 0]
+    return [k for k in range(int(num_steps)) if vocab.is_recompute_step(k, cache_steps)]
 
 
 # --------------------------------------------------------------------------------------------------

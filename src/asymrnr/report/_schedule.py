@@ -29,6 +29,7 @@ from ._common import (
     recompute_steps,
 )
 from ._stability import cache_window_shapes
+from .. import vocab
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def compute_flops(schedule: Any) -> tuple[FlopsSummary | None, str | None]:
 
 def _get_schedule_info(schedule: Any, stats: Any = None, similarity_info: Any = None, flops: tuple | None = None) -> ScheduleInfo:
     rates = {f: np.asarray(schedule.rates[f], dtype=np.float64).reshape(schedule.num_blocks, schedule.num_steps)
-             for f in ("q", "kv", "h")}
+             for f in vocab.SCHEDULE_FEATURES}
     shown = ("q", "kv") + (("h",) if np.any(rates["h"] > 0) else ())
     ts = schedule.sampler.timesteps
     info = ScheduleInfo(

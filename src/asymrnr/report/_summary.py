@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ._common import FEATURE_LABELS, empty_reason, timesteps_differ
+from .. import vocab
 
 
 @dataclass
@@ -117,7 +118,7 @@ def _get_summary_info(stats: Any, schedule: Any = None, flops: tuple | None = No
                      + (f" \u00b7 {schedule.sampler.scheduler_class}" if schedule.sampler.scheduler_class else "")),
         ("matching", f"{m.metric} \u00b7 stride {_fmt(m.stride)} \u00b7 cache every {m.cache_steps} steps \u00b7 "
                      f"{m.reduce_op} \u00b7 {m.granularity} \u00b7 seed {m.seed}"),
-        ("mean rates", " \u00b7 ".join(f"{FEATURE_LABELS[f]} {schedule.mean_rate(f):.3f}" for f in ("q", "kv", "h"))),
+        ("mean rates", " \u00b7 ".join(f"{FEATURE_LABELS[f]} {schedule.mean_rate(f):.3f}" for f in vocab.SCHEDULE_FEATURES)),
     ]
     if fl is not None:
         info.schedule_rows += [

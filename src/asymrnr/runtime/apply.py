@@ -13,7 +13,7 @@ import logging
 import weakref
 from typing import Any
 
-from .. import archs
+from .. import archs, vocab
 from ..errors import AsymRnRError, ScheduleMismatchError
 from .context import Runtime, check_sampler
 from .hook import AsymRnRHook, find_hook, register, unregister
@@ -206,7 +206,7 @@ def apply(pipe_or_transformer: Any, schedule: Any = None, *, resample_steps: boo
     rts = install(pipe_or_transformer, owner="schedule")
     for rt in rts:
         rt.set_schedule(schedule, resample_steps=resample_steps, strict_sampler=strict_sampler)
-    if all(r == 0.0 for f in ("q", "kv", "h") for row in schedule.rates[f] for r in row):
+    if all(r == 0.0 for f in vocab.SCHEDULE_FEATURES for row in schedule.rates[f] for r in row):
         logger.warning("schedule %s reduces nothing: generation will not be faster", schedule.tag)
     logger.info("applied schedule %s (%d blocks, %d steps) to %s", schedule.tag, schedule.num_blocks,
                 schedule.num_steps, ", ".join(rt.component for rt in rts))
