@@ -167,6 +167,31 @@ def test_symrnr_h_in_both_block_kinds(hunyuan):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("rates", [{"q": 0.5, "kv": 0.4}, {"h": 0.4}], ids=["q-kv", "h"])
+def test_a_batch_of_differently_padded_prompts_reduces_each_sample_with_its_own_mask(hunyuan, rates):
+    """Two prompts of different lengths in one batch: each sample keeps its own key mask (its own padding)
+    through the reduction, so the batch gives what the prompts give one by one (to float rounding)."""
+    pipe = hunyuan
+    prompts = ["a red square", "a small blue circle moving slowly to the left over a green field at dusk"]
+    latents = torch.randn(2, 4, 3, 8, 10, generator=torch.Generator().manual_seed(0))
+
+    def run(prompt, lat):
+        kwargs = HUNYUAN_T2V.call_kwargs(num_inference_steps=3)
+        return pipe(prompt, latents=lat.clone(), output_type="latent", **kwargs).frames
+
+    asymrnr.apply(pipe, Schedule.uniform(pipe, 3, **rates))
+    try:
+        with record_attention(pipe) as rec:
+            both = run(prompts, latents)
+        one = torch.cat([run(p, latents[i:i + 1]) for i, p in enumerate(prompts)])
+    finally:
+        asymrnr.remove(pipe)
+    calls = site_calls(rec.calls)
+    assert all(c.batch == 2 and c.mask_shape[0] == 2 and c.k_len == kept(rates.get("kv", rates.get("h", 0.0))) + T
+               for c in calls)
+    torch.testing.assert_close(both, one, rtol=1e-5, atol=1e-5)
+
+
 def _tiny_inputs(valid_text: int = 10):
     g = torch.Generator().manual_seed(0)
     return dict(hidden_states=torch.randn(1, 4, 3, 8, 10, generator=g), timestep=torch.tensor([500.0]),
