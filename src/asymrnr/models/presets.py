@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -227,8 +227,32 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
                  "boundary_ratio 0.875), each 40 blocks, 40 heads x 128; 720x1280, 81 frames = 21 x 45 x 80 "
                  "tokens; guidance 4.0 / 3.0; one schedule covers both experts",
                  extra_kwargs={"guidance_scale_2": 3.0}),
+            ModelPreset(
+                name="hunyuanvideo",
+                family="hunyuanvideo",
+                hub_id="hunyuanvideo-community/HunyuanVideo",
+                pipeline_class="HunyuanVideoPipeline",
+                height=720,
+                width=1280,
+                num_frames=129,
+                num_inference_steps=50,
+                guidance_scale=6.0,
+                dtype="bfloat16",
+                max_sequence_length=256,
+                architecture=_architecture(num_blocks=60, num_heads=24, head_dim=128, patch_size_t=1, rope=True),
+                description=(
+                    "HunyuanVideo text-to-video: 20 dual-stream + 40 single-stream blocks (60 sites), 24 heads x 128, "
+                    "3D RoPE, guidance-distilled (embedded guidance 6.0, no true CFG), FlowMatch Euler (shift 7); "
+                    "720x1280, 129 frames = 33 x 45 x 80 tokens + 256 text tokens (last, padding masked); "
+                    "the model card runs the transformer in bf16 and the rest in fp16"
+                ),
+            ),
             _tiny("tiny-wan", "wan2.1-t2v", "wan", "Wan 2.1-style pipeline"),
             _tiny("tiny-wan2.2", "wan2.2-t2v", "wan", "Wan 2.2-style two-expert pipeline"),
+            replace(_tiny("tiny-hunyuanvideo", "hunyuanvideo", "hunyuanvideo",
+                          "HunyuanVideo-style guidance-distilled pipeline (2 blocks of each kind: dual- and "
+                          "single-stream)"),
+                    architecture=_architecture(num_blocks=4, num_heads=2, head_dim=16, patch_size_t=1, rope=True)),
         )
     }
 )

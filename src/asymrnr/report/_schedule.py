@@ -23,6 +23,7 @@ from ._common import (
     METRIC_LABELS,
     RATE_COLORSCALE,
     base_layout,
+    block_axis_title,
     f32,
     index_axis,
     int_dtick,
@@ -70,6 +71,7 @@ class ScheduleInfo:
     flops_error: str | None = None
     similarity: dict = field(default_factory=dict)  # schedule feature -> (stat feature, metric, [B, S])
     notes: list = field(default_factory=list)
+    block_title: str = "block"  # the block axis' title (names the block kinds of models with several)
 
 
 def compute_flops(schedule: Any) -> tuple[FlopsSummary | None, str | None]:
@@ -111,6 +113,7 @@ def _get_schedule_info(schedule: Any, stats: Any = None, similarity_info: Any = 
         metric=schedule.matching.metric,
         cache_steps=int(schedule.matching.cache_steps),
         recompute=recompute_steps(schedule.num_steps, schedule.matching.cache_steps),
+        block_title=block_axis_title(schedule.model),
     )
     info.flops, info.flops_error = flops if flops is not None else compute_flops(schedule)
     if info.flops_error:
@@ -199,7 +202,7 @@ def _get_rates_plot(info: ScheduleInfo) -> go.Figure:
     fig.update_xaxes(**index_axis(S))
     fig.update_yaxes(**index_axis(B))
     fig.update_xaxes(title_text="denoising step", row=len(info.features))
-    fig.update_yaxes(title_text="block", col=1)
+    fig.update_yaxes(title_text=info.block_title, col=1)
     return fig
 
 
@@ -230,7 +233,7 @@ def _get_savings_plot(info: ScheduleInfo) -> go.Figure:
         **base_layout(
             height=320,
             margin=dict(l=60, r=30, t=40, b=50),
-            xaxis=dict(title="block", tick0=0, dtick=int_dtick(len(blocks), 30), showgrid=False),
+            xaxis=dict(title=info.block_title, tick0=0, dtick=int_dtick(len(blocks), 30), showgrid=False),
             yaxis=dict(title="predicted FLOPs saved (%)", showgrid=True, gridcolor="#eee", zeroline=True, zerolinecolor="#999"),
             bargap=0.15,
         )
