@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -95,7 +95,8 @@ def _wan(name, hub_id, height, width, steps, guidance, blocks, heads, descriptio
     )
 
 
-def _tiny(name: str, tiny_family: str, family: str, description: str, *, steps: int = 4) -> ModelPreset:
+def _tiny(name: str, tiny_family: str, family: str, description: str, *, steps: int = 4,
+          architecture: Mapping[str, Any] | None = None) -> ModelPreset:
     """An embedded preset of a tiny family of :mod:`asymrnr.testing` (random weights, built offline)."""
     from asymrnr.testing import tiny_family as get_tiny
 
@@ -104,6 +105,8 @@ def _tiny(name: str, tiny_family: str, family: str, description: str, *, steps: 
         name=name, family=family, hub_id=None, pipeline_class=d.pipeline_class, height=d.height, width=d.width,
         num_frames=d.num_frames, num_inference_steps=steps, guidance_scale=d.guidance_scale, dtype="float32",
         max_sequence_length=d.max_sequence_length, tiny_family=tiny_family, extra_kwargs=dict(d.extra),
+        architecture=dict(architecture or _architecture(num_blocks=2, num_heads=2, head_dim=16, patch_size_t=1,
+                                                        rope=True)),
         description=(f"embedded tiny {description} with random weights (2 blocks, 2 heads x 16), built offline; "
                      f"{d.height}x{d.width}, {d.num_frames} frames = {' x '.join(map(str, d.latent_grid))} tokens; "
                      "for tests and demos, its videos are noise"),
@@ -249,10 +252,9 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
             ),
             _tiny("tiny-wan", "wan2.1-t2v", "wan", "Wan 2.1-style pipeline"),
             _tiny("tiny-wan2.2", "wan2.2-t2v", "wan", "Wan 2.2-style two-expert pipeline"),
-            replace(_tiny("tiny-hunyuanvideo", "hunyuanvideo", "hunyuanvideo",
-                          "HunyuanVideo-style guidance-distilled pipeline (2 blocks of each kind: dual- and "
-                          "single-stream)"),
-                    architecture=_architecture(num_blocks=4, num_heads=2, head_dim=16, patch_size_t=1, rope=True)),
+            _tiny("tiny-hunyuanvideo", "hunyuanvideo", "hunyuanvideo",
+                  "HunyuanVideo-style guidance-distilled pipeline (2 blocks of each kind: dual- and single-stream)",
+                  architecture=_architecture(num_blocks=4, num_heads=2, head_dim=16, patch_size_t=1, rope=True)),
         )
     }
 )
