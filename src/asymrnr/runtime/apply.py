@@ -75,6 +75,8 @@ def _install_one(adapter, module: Any, name: str, pipe: Any, owner: str) -> Runt
         originals = {}
         for site in sites:
             proc = site.module.processor
+            while getattr(getattr(proc, "runtime", None), "detached", False):  # a stale processor of ours
+                proc = proc.original
             kind = type(proc).__name__
             if kind not in adapter.supported_processors:
                 raise ScheduleMismatchError(
@@ -121,6 +123,7 @@ def _uninstall_one(module: Any, owner: str) -> None:
         site.module.processor = hook.originals[site.processor_name]
     unregister(module)
     hook.runtime.end_generation()
+    hook.runtime.detached = True
 
 
 def uninstall(pipe_or_transformer: Any, owner: str) -> None:

@@ -180,6 +180,9 @@ class Runtime:
         self.sites = list(sites)
         self.num_blocks = len(self.sites)
         self._pipe = weakref.ref(pipe) if pipe is not None else None
+        # set when the runtime is removed: a processor of ours that something put back afterwards (diffusers'
+        # unfuse_qkv_projections restores what fuse_qkv_projections saw) then behaves as the original
+        self.detached = False
         self.schedule = None
         self.resample_steps = False
         self.strict_sampler = True

@@ -22,6 +22,8 @@ from .context import Runtime
 def passthrough(rt: Runtime, block: int) -> bool:
     """Whether the site should call the original processor: nothing to do and nobody observing (eager only;
     under compile the reduction core decides, so the graph does not depend on the plan)."""
+    if rt.detached:
+        return True
     if torch.compiler.is_compiling():
         return False
     return rt.call is None or (rt.plans[block] is None and not rt.observers)
