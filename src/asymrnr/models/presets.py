@@ -229,6 +229,16 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
                  extra_kwargs={"guidance_scale_2": 3.0}),
             _tiny("tiny-wan", "wan2.1-t2v", "wan", "Wan 2.1-style pipeline"),
             _tiny("tiny-wan2.2", "wan2.2-t2v", "wan", "Wan 2.2-style two-expert pipeline"),
+            ModelPreset(
+                name="ltx-video", family="ltx", hub_id="Lightricks/LTX-Video", pipeline_class="LTXPipeline",
+                height=480, width=704, num_frames=161, num_inference_steps=50, guidance_scale=3.0, dtype="bfloat16",
+                max_sequence_length=128,
+                architecture=_architecture(num_blocks=28, num_heads=32, head_dim=64, patch_size_t=1, rope=True),
+                description=("LTX-Video text-to-video (0.9.x): 28 blocks, 32 heads x 64, RoPE over the whole inner "
+                             "dim, FlowMatch Euler with dynamic shift (shift_terminal 0.1); 480x704, 161 frames = "
+                             "21 x 15 x 22 tokens; text by cross-attention (128 tokens)"),
+            ),
+            _tiny("tiny-ltx-video", "ltx-video", "ltx", "LTX-Video-style pipeline"),
         )
     }
 )
