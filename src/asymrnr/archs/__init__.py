@@ -16,7 +16,7 @@ from ..errors import AsymRnRError
 from .base import ArchAdapter, class_name
 
 #: Adapter modules, imported on first use (each is torch-free at import).
-_MODULES = ("cogvideox", "wan", "ltx")
+_MODULES = ("cogvideox", "wan", "ltx", "mochi")
 _ADAPTERS: dict[str, ArchAdapter] = {}
 
 
