@@ -245,7 +245,8 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
                 architecture=_architecture(num_blocks=48, num_heads=24, head_dim=128, patch_size_t=1, rope=True),
                 description=("Mochi-1 preview text-to-video: 48 blocks, 24 heads x 128, joint attention with the "
                              "valid text tokens last (up to 256), learned RoPE, FlowMatch Euler (inverted sigmas, "
-                             "linear-quadratic); 480x848, 79 frames = 14 x 30 x 53 tokens (the model card asks for 84 frames: the same 14 latent frames, decoded to 79)"),
+                             "linear-quadratic); 480x848, 79 frames = 14 x 30 x 53 tokens (the model card asks for 84 "
+                             "frames: the same 14 latent frames, decoded to 79)"),
             ),
             _tiny("tiny-ltx-video", "ltx-video", "ltx", "LTX-Video-style pipeline"),
             _tiny("tiny-mochi", "mochi-1", "mochi", "Mochi-1-style pipeline"),
