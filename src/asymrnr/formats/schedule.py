@@ -580,7 +580,7 @@ class Schedule:
         adapter = adapter_for(transformer)
         model = adapter.describe(transformer, latent_grid=latent_grid, text_len=text_len)
         if pipe is not None:
-            sampler = adapter.describe_sampler(pipe, num_steps)
+            sampler = adapter.describe_sampler(pipe, num_steps, latent_grid=model.latent_grid)
         else:
             sampler = SamplerDescription(None, num_steps, None)
         table = lambda r: ((r,) * num_steps,) * model.num_blocks  # noqa: E731

@@ -255,6 +255,27 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
             _tiny("tiny-hunyuanvideo", "hunyuanvideo", "hunyuanvideo",
                   "HunyuanVideo-style guidance-distilled pipeline (2 blocks of each kind: dual- and single-stream)",
                   architecture=_architecture(num_blocks=4, num_heads=2, head_dim=16, patch_size_t=1, rope=True)),
+            ModelPreset(
+                name="ltx-video", family="ltx", hub_id="Lightricks/LTX-Video", pipeline_class="LTXPipeline",
+                height=480, width=704, num_frames=161, num_inference_steps=50, guidance_scale=3.0, dtype="bfloat16",
+                max_sequence_length=128,
+                architecture=_architecture(num_blocks=28, num_heads=32, head_dim=64, patch_size_t=1, rope=True),
+                description=("LTX-Video text-to-video (0.9.x): 28 blocks, 32 heads x 64, RoPE over the whole inner "
+                             "dim, FlowMatch Euler with dynamic shift (shift_terminal 0.1); 480x704, 161 frames = "
+                             "21 x 15 x 22 tokens; text by cross-attention (128 tokens)"),
+            ),
+            ModelPreset(
+                name="mochi-1", family="mochi", hub_id="genmo/mochi-1-preview", pipeline_class="MochiPipeline",
+                height=480, width=848, num_frames=79, num_inference_steps=64, guidance_scale=4.5, dtype="bfloat16",
+                max_sequence_length=256,
+                architecture=_architecture(num_blocks=48, num_heads=24, head_dim=128, patch_size_t=1, rope=True),
+                description=("Mochi-1 preview text-to-video: 48 blocks, 24 heads x 128, joint attention with the "
+                             "valid text tokens last (up to 256), learned RoPE, FlowMatch Euler (inverted sigmas, "
+                             "linear-quadratic); 480x848, 79 frames = 14 x 30 x 53 tokens (the model card asks for 84 "
+                             "frames: the same 14 latent frames, decoded to 79)"),
+            ),
+            _tiny("tiny-ltx-video", "ltx-video", "ltx", "LTX-Video-style pipeline"),
+            _tiny("tiny-mochi", "mochi-1", "mochi", "Mochi-1-style pipeline"),
         )
     }
 )

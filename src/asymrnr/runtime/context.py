@@ -328,9 +328,9 @@ class Runtime:
         """
         self.check_processors()
         grid = tuple(int(g) for g in self.adapter.call_grid(self.module, inputs))
-        timestep = inputs.get("timestep")
-        # the one host sync per transformer call (Wan 2.2 TI2V passes per-token timesteps: the max is t)
-        t = float(torch.as_tensor(timestep).detach().max()) if timestep is not None else 0.0
+        # the one host sync per transformer call (as the family reports it: Wan 2.2 TI2V passes per-token
+        # timesteps, the max is t; Mochi's transformer gets reversed timesteps, flipped back)
+        t = self.adapter.call_timestep(inputs)
         branch = getattr(cache_context, "name", None) or DEFAULT_BRANCH
         step_index = getattr(cache_context, "step_index", None)
         new_generation = self.steps.advance(t, step_index)
