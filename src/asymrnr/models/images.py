@@ -59,7 +59,7 @@ def read_images(folder: str | os.PathLike, num_prompts: int, *, num_file_prompts
     taken). Raises AsymRnRError naming both counts, or the file that cannot be read."""
     files = image_files(folder)
     if len(files) != num_prompts and (num_file_prompts is None or len(files) != num_file_prompts):
-        file_note = (f" (or {num_file_prompts}, one per prompt of the prompts file)"
+        file_note = (f" (or {num_file_prompts}, one per prompt of the prompt set)"
                      if num_file_prompts not in (None, num_prompts) else "")
         raise AsymRnRError(
             f"--images {str(folder)!r} holds {len(files)} file(s) but {num_prompts} prompt(s) are used: give exactly "
