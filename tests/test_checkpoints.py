@@ -92,19 +92,43 @@ def test_folder_without_preset_calibrates_with_the_defaults_of_its_architecture(
     assert res.exit_code == 0 and "1 of 1 run(s) already in" in res.output, res.output
 
 
-def test_folder_of_another_size_takes_its_familys_model_card_settings(tmp_path):
+@pytest.fixture(scope="module")
+def one_block_wan(tmp_path_factory):
+    """A Wan 2.1 T2V folder with one block: an architecture no preset has."""
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    from asymrnr.models.loading import quiet_progress_bars
+    from asymrnr.testing.tiny_wan import build_tiny_wan_pipeline, tiny_wan_transformer_config
+
+    pipe = build_tiny_wan_pipeline()
+    torch.manual_seed(0)
+    parts = {**pipe.components, "transformer": WanTransformer3DModel(**{**tiny_wan_transformer_config(), "num_layers": 1})}
+    folder = tmp_path_factory.mktemp("custom") / "wan-1-block"
+    with quiet_progress_bars():
+        WanPipeline(**parts).save_pretrained(folder)
+    return folder
+
+
+def test_folder_of_another_architecture_takes_its_familys_model_card_settings(one_block_wan, tmp_path, monkeypatch):
     """A Wan folder whose architecture is no preset's: the Wan 2.1 T2V model card's settings, overridden
     by the options; the default output folder is named after the folder."""
-    folder = tiny_folder("wan2.1-t2v")
-    res = CliRunner().invoke(calibrate_command, ["--model-path", str(folder), "--num-prompts", "1", "--steps", "2",
-                                                 "--height", "64", "--width", "80", "--frames", "9",
-                                                 "--dtype", "float32", "--out", str(tmp_path / "out")],
-                             catch_exceptions=False)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(calibrate_command, ["--model-path", str(one_block_wan), "--num-prompts", "1", "--steps",
+                                                 "2", "--height", "64", "--width", "80", "--frames", "9",
+                                                 "--dtype", "float32"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert "generation defaults of wan2.1-t2v-1.3b," in res.output
-    stats = load_stats(tmp_path / "out" / "stats.h5")
+    assert "(wan, 1 block, 2 heads x 16); generation defaults of wan2.1-t2v-1.3b," in res.output
+    stats = load_stats(tmp_path / "runs" / "wan-1-block" / "stats.h5")
     assert stats.generation["pipeline_class"] == "WanPipeline" and stats.generation["guidance_scale"] == 5.0
-    assert stats.branches == ("cond", "uncond")
+    assert stats.branches == ("cond", "uncond") and stats.model["num_blocks"] == 1
+
+
+def test_folder_of_a_preset_architecture_takes_that_presets_settings(no_model, tmp_path):
+    from asymrnr.cli import prepare_job
+
+    job = prepare_job(None, str(tiny_folder("wan2.1-t2v")), None, None, 0, None, None, None, None, None, None, None)
+    assert job.custom and job.defaults_from == "tiny-wan" and job.settings["height"] == 64
+    assert job.preset.name == "tiny-wan2.1-t2v-v1" and job.preset.pipeline_class == "WanPipeline"
 
 
 def test_folder_without_preset_default_sizes_are_checked_before_loading(no_model, tmp_path):

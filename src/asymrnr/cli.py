@@ -360,7 +360,8 @@ def _announce(job: GenerationJob) -> None:
     """Say what a folder given without a preset was taken for, and where the conditioning images come from."""
     if job.custom:
         arch = job.preset.architecture
-        shape = f", {arch['num_blocks']} blocks, {arch['num_heads']} heads x {arch['head_dim']}" if arch else ""
+        blocks = f"{arch['num_blocks']} block" + ("s" if arch.get("num_blocks") != 1 else "") if arch else ""
+        shape = f", {blocks}, {arch['num_heads']} heads x {arch['head_dim']}" if arch else ""
         same = " (same architecture)" if arch and dict(arch) == dict(MODEL_PRESETS[job.defaults_from].architecture) else ""
         _echo(f"{job.model_path}: {job.preset.pipeline_class} with a {job.folder.transformer_class} "
               f"({job.preset.family}{shape}); generation defaults of {job.defaults_from}{same}, "
