@@ -13,8 +13,8 @@ removes every hook.
 
 The CFG branch comes from the pipeline's ``cache_context``: ``cond_uncond`` is one batched call (the
 uncond half first), ``cond`` / ``uncond`` are separate calls. A pipeline of a separate-CFG family that
-calls its transformer without any ``cache_context`` (``WanVideoToVideoPipeline``) makes its calls of one
-step in the order cond, then uncond: they are recorded as such.
+calls its transformer without any ``cache_context`` (a video-to-video pipeline of diffusers 0.42 does) makes
+its calls of one step in the order cond, then uncond: they are recorded as such.
 
 Steps the pipeline does not run (video to video with ``strength < 1``: the last ``int(N * strength)`` of
 its ``N`` timesteps) are simply not recorded: a run holds the steps that were run, with their timesteps,
@@ -89,7 +89,7 @@ class Profiler:
         self._prompts: list[str] = []
         self._seeds: list[int] = []
         # guidance scale as the call asked for it (read when the prompts are encoded: pipelines with dynamic
-        # CFG, e.g. CogVideoX's use_dynamic_cfg, change pipe._guidance_scale step by step)
+        # CFG change pipe._guidance_scale step by step)
         self._guidance: float | None = None
         self._reset_generation()
 
@@ -176,7 +176,7 @@ class Profiler:
 
     def _branch(self, rt: Runtime) -> str:
         """The CFG branch of the call in flight. Calls outside any ``cache_context`` of a family whose CFG
-        runs as separate calls are, within one step, cond then uncond (Wan video-to-video)."""
+        runs as separate calls are, within one step, cond then uncond (a video-to-video pipeline does so)."""
         key = (id(rt), rt.generation, rt.calls)
         if key != self._call_key:
             call = rt.call
