@@ -394,3 +394,24 @@ def test_wan_video_to_video_records_both_cfg_branches(tmp_path):
     sim = stats.sim_mean["euclidean"][0]  # [branch, step, block, feature]
     assert np.isfinite(sim).all()
     assert not np.array_equal(sim[0, :, 1], sim[1, :, 1])  # block 1 sees the text through block 0's cross-attention
+
+
+def test_fixed_size_is_read_from_a_cached_snapshot_before_loading(monkeypatch, tmp_path):
+    """cogvideox-5b-i2v from the local Hugging Face cache: its config's size is known before any weight loads."""
+    import shutil
+
+    import asymrnr.models.presets as presets
+    from asymrnr.testing._common import default_cache_root
+
+    TINY_FAMILIES["cogvideox-i2v"].load()
+    cache = tmp_path / "hub"
+    repo = cache / "models--zai-org--CogVideoX-5b-I2V"
+    shutil.copytree(default_cache_root() / "tiny-cogvideox-i2v-v1", repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(presets, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+    res = CliRunner().invoke(calibrate_command, ["--model", "cogvideox-5b-i2v", "--height", "480", "--width", "720",
+                                                 "--out", str(tmp_path / "out")])
+    # the tiny snapshot's learned positional embeddings are made for 64x80, not the real model's 480x720
+    assert res.exit_code != 0 and "generates 64x80 only" in res.output, res.output

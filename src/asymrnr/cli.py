@@ -313,6 +313,8 @@ def prepare_job(model_name, model_path, prompts_file, num_prompts, seed, steps, 
         else:
             loading.check_folder_fits(folder, preset, adapter=adapter, description=description)
         config = dict(loading.transformer_config(folder))
+    elif not preset.embedded:
+        config = _cached_config(preset)
     task = loading.pipeline_task(preset.pipeline_class)
     if task not in ("text-to-video", "image-to-video"):
         what = f"{folder.path} holds" if folder is not None else f"{preset.name} is"
@@ -354,6 +356,22 @@ def prepare_job(model_name, model_path, prompts_file, num_prompts, seed, steps, 
                          settings, dtype, device, task=task, images=images, images_dir=images_dir,
                          custom=model_name is None, defaults_from=base.name if base is not None else None,
                          folder=folder)
+
+
+def _cached_config(preset) -> dict | None:
+    """The transformer config of the preset's snapshot in the local Hugging Face cache (JSON only), so that a
+    size its config forbids is refused before minutes of loading; ``None`` when there is none (loading says)."""
+    from .models import loading
+
+    try:
+        found = loading.find_cached_snapshot(preset.hub_ids)
+        if found is None:
+            return None
+        folder = loading.read_pipeline_folder(found[1])
+        return dict(loading.transformer_config(folder)) if folder.transformer_class else None
+    except (AsymRnRError, OSError, ImportError) as err:
+        logger.info("cannot read the cached config of %s: %s", preset.name, err)
+        return None
 
 
 def _announce(job: GenerationJob) -> None:
