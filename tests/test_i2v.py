@@ -415,3 +415,14 @@ def test_fixed_size_is_read_from_a_cached_snapshot_before_loading(monkeypatch, t
                                                  "--out", str(tmp_path / "out")])
     # the tiny snapshot's learned positional embeddings are made for 64x80, not the real model's 480x720
     assert res.exit_code != 0 and "generates 64x80 only" in res.output, res.output
+
+
+def test_profile_command_takes_images(tmp_path):
+    images = tmp_path / "pictures"
+    images.mkdir()
+    synthetic_image(64, 80, 3).save(images / "only.png")
+    out = tmp_path / "stats.h5"
+    res = CliRunner().invoke(main, ["profile", "--model", "tiny-wan-i2v", "--num-prompts", "1", "--steps", "2",
+                                    "--images", str(images), "-o", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "conditioning images: 1 from" in res.output and load_stats(out).num_runs == 1
