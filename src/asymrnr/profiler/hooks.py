@@ -184,7 +184,12 @@ class Profiler:
             if branch == DEFAULT_BRANCH and rt.adapter.cfg_mode == "separate" and self._cfg_on():
                 seen = self._bare_calls.get((rt.component, call.gen_step), 0)
                 self._bare_calls[(rt.component, call.gen_step)] = seen + 1
-                branch = ("cond", "uncond")[seen] if seen < 2 else f"call{seen}"
+                if seen >= 2:
+                    raise ValueError(
+                        f"{type(self.pipe).__name__} called {rt.component} more than twice in one step outside any "
+                        "cache_context; asymrnr.profile cannot tell which CFG branch each call is"
+                    )
+                branch = ("cond", "uncond")[seen]
             self._call_key, self._call_branch = key, branch
         return self._call_branch
 
@@ -281,11 +286,6 @@ class Profiler:
         branch = self._branch(rt)
         if branch in ("cond", "uncond"):
             return [(branch, slice(0, batch))]
-        if branch != DEFAULT_BRANCH and branch != "cond_uncond":
-            raise ValueError(
-                f"{type(self.pipe).__name__} called {rt.component} more than twice in one step outside any "
-                "cache_context; asymrnr.profile cannot tell which CFG branch each call is"
-            )
         cfg = getattr(self.pipe, "do_classifier_free_guidance", None)
         if cfg is None:
             cfg = getattr(self.pipe, "_guidance_scale", 1.0) > 1.0
