@@ -68,9 +68,16 @@ class GenerationRules:
     size_multiple: int
     frames_step: int
     frames_offset: int = 1
+    #: ``(height, width)`` in pixels when the model generates that size only (CogVideoX-5B-I2V's learned
+    #: positional embeddings); ``None``: any valid size.
+    fixed_size: tuple[int, int] | None = None
 
     def check(self, height: int, width: int, num_frames: int) -> str | None:
         """A message saying what is wrong with this size (``None`` when it is valid)."""
+        if self.fixed_size is not None and (height, width) != tuple(self.fixed_size):
+            fh, fw = self.fixed_size
+            return (f"this model generates {fh}x{fw} only (its positional embeddings are learned for that size), "
+                    f"got {height}x{width}")
         if height % self.size_multiple or width % self.size_multiple:
             return (f"height and width must be multiples of {self.size_multiple} (VAE {self.vae_spatial} x "
                     f"patch), got {height}x{width}")

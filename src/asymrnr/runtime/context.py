@@ -417,12 +417,25 @@ def check_sampler(schedule, scheduler, *, strict: bool = True, resample: bool = 
             raise ScheduleMismatchError(msg)
         logger.warning(msg)
     timesteps = getattr(scheduler, "timesteps", None)
-    if not resample and timesteps is not None and len(timesteps) and len(timesteps) != want.num_steps:
+    if not resample and timesteps is not None and len(timesteps) and len(timesteps) != want.num_steps \
+            and not _is_tail(want, timesteps):
         raise ScheduleMismatchError(
             f"the pipeline runs {len(timesteps)} inference steps but the schedule {schedule.tag} was made for "
             f"{want.num_steps}; run with num_inference_steps={want.num_steps}, or apply(..., resample_steps=True) "
             "to map the schedule onto the new steps by timestep"
         )
+
+
+def _is_tail(sampler, timesteps) -> bool:
+    """Whether the schedule's timesteps are the last ones of the scheduler's: video-to-video pipelines
+    (``strength < 1``) set ``N`` timesteps and run the last ``int(N * strength)``, and a schedule profiled on
+    such runs holds those (each call is then checked against them by timestep)."""
+    want = sampler.timesteps
+    if want is None or not 0 < len(want) < len(timesteps):
+        return False
+    tail = timesteps[len(timesteps) - len(want):]
+    tail = tail.tolist() if hasattr(tail, "tolist") else list(tail)
+    return all(_same(float(a), float(b)) for a, b in zip(tail, want))
 
 
 def _same(a: Any, b: Any) -> bool:
