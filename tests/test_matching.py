@@ -29,9 +29,13 @@ def test_partition_one_destination_per_window_and_covers_all(grid):
     assert part.num_dst == num_windows(grid, stride)
     f, h, w = grid
     idx = part.dst_idx
-    wf, wh, ww = (idx // (h * w)) // 2, ((idx // w) % h) // 2, (idx % w) // 2
-    window_ids = (wf * math.ceil(h / 2) + wh) * math.ceil(w / 2) + ww
-    assert window_ids.unique().numel() == part.num_dst  # exactly one destination per (partial) window
+    of, oh, ow = part.origin
+    assert all(0 <= o <= g % 2 for o, g in zip(part.origin, grid))  # a seeded share of the leftover goes first
+    wf, wh, ww = (idx // (h * w) - of) // 2, ((idx // w) % h - oh) // 2, (idx % w - ow) // 2
+    for pos, count in ((wf, f // 2), (wh, h // 2), (ww, w // 2)):
+        assert bool(((pos >= 0) & (pos < count)).all())  # destinations only inside full windows
+    window_ids = (wf * (h // 2) + wh) * (w // 2) + ww
+    assert window_ids.unique().numel() == part.num_dst  # exactly one destination per full window
 
 
 def test_partition_is_seeded_and_deterministic():

@@ -248,7 +248,8 @@ def test_half_written_folder_is_replaced(tmp_path):
 
 
 def test_preset_facts():
-    assert set(MODEL_PRESETS) == {"cogvideox-2b", "cogvideox-5b", "cogvideox1.5-5b", "micro-cogvideox", "tiny-cogvideox"}
+    assert {"cogvideox-2b", "cogvideox-5b", "cogvideox1.5-5b", "micro-cogvideox", "tiny-cogvideox", "wan2.1-t2v-1.3b",
+            "wan2.1-t2v-14b", "wan2.2-t2v-a14b", "tiny-wan", "tiny-wan2.2"} <= set(MODEL_PRESETS)
     facts = {
         name: (p.hub_id, p.pipeline_class, p.height, p.width, p.num_frames, p.num_inference_steps,
                p.guidance_scale, p.dtype)
@@ -259,6 +260,10 @@ def test_preset_facts():
     assert facts["cogvideox1.5-5b"] == (
         "THUDM/CogVideoX1.5-5B", "CogVideoXPipeline", 768, 1360, 81, 50, 6.0, "bfloat16"
     )
+    assert facts["wan2.1-t2v-1.3b"] == ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "WanPipeline", 480, 832, 81, 50, 5.0, "bfloat16")
+    assert facts["wan2.1-t2v-14b"] == ("Wan-AI/Wan2.1-T2V-14B-Diffusers", "WanPipeline", 720, 1280, 81, 50, 5.0, "bfloat16")
+    assert facts["wan2.2-t2v-a14b"] == ("Wan-AI/Wan2.2-T2V-A14B-Diffusers", "WanPipeline", 720, 1280, 81, 40, 4.0, "bfloat16")
+    assert get_preset("wan2.2-t2v-a14b").call_kwargs()["guidance_scale_2"] == 3.0
     t = get_preset("tiny-cogvideox")
     assert t.embedded and t.hub_id is None and t.dtype == "float32" and t.guidance_scale == 6.0
     size = tiny.tiny_size(t.tiny_style)

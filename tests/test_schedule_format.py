@@ -642,7 +642,7 @@ BAD_CASES = [
     ("seed-neg", ("matching", "seed"), -1, ["matching.seed must be >= 0"]),
     ("rates-no-kv", ("rates", "kv"), _DELETE, ["missing key 'rates.kv'", "q, kv, h"]),
     ("rates-unknown", ("rates", "v"), [[0.0] * 6] * 4, ["unknown key 'rates.v'", "q, kv, h"]),
-    ("rate-high", ("rates", "q", 3, 5), 1.2, ["rates.q[3][5] (block 3, step 5) = 1.2 is outside [0, 1)", "0.862"]),
+    ("rate-high", ("rates", "q", 3, 5), 1.2, ["rates.q[3][5] (block 3, step 5) = 1.2 is outside [0, 1)", "0.887"]),
     ("rate-one", ("rates", "q", 0, 0), 1.0, ["rates.q[0][0] (block 0, step 0) = 1.0 is outside [0, 1)"]),
     ("rate-neg", ("rates", "kv", 1, 2), -0.1, ["rates.kv[1][2] (block 1, step 2) = -0.1 is outside [0, 1)"]),
     ("rate-nan", ("rates", "q", 2, 4), float("nan"), ["rates.q[2][4] (block 2, step 4) is NaN"]),

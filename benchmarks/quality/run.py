@@ -1,25 +1,34 @@
 #!/usr/bin/env python
-"""Quality benchmark of AsymRnR schedules on the trained micro-cogvideox model (CPU).
+"""Quality of AsymRnR schedules on the trained micro models, at matched predicted FLOPs, with intervals (CPU).
 
-    python benchmarks/quality/run.py --threads 2 --out benchmarks/quality/results
+    python benchmarks/quality/run.py --variant micro-cogvideox --seeds 4 --out benchmarks/quality/results/micro-cogvideox
+    python benchmarks/quality/run.py --variant micro-cogvideox-large --seeds 4 --timing 3 \\
+        --budgets 1.1,1.2,1.3,1.4 --out benchmarks/quality/results/micro-cogvideox-large
 
-For 32 held-out prompts (never trained on) and fixed seeds (1000 + i), every configuration generates the
-same 32 videos (one batched pipeline call, CFG on, the preset's steps and guidance) and is compared with the
-unaccelerated (dense) generation: per-frame PSNR and SSIM (mean over frames and prompts), the analytic
-checker's accuracy (colour and trajectory right), the measured wall-time speed ratio against dense and the
-FLOPs-predicted speedup of :func:`asymrnr.flops.schedule_flops`.
+For the 32 held-out prompts (never trained on) x ``--seeds`` seeds (``1000 + 100 r + i``), every
+configuration generates the same videos (one batched pipeline call per seed, CFG on, the preset's steps and
+guidance) and is scored against the dense generation of the same prompt and seed: PSNR and SSIM (mean over
+frames), and the analytic checker (colour and motion right). Means come with 95 % bootstrap intervals over
+prompts, and the differences the paper claims (calibrated vs uniform AsymRnR vs ToMe at each budget, per
+head vs joint, redrawn vs fixed partitions) with paired intervals (`stats.py`).
 
-Configurations: dense; the calibrated schedules ``base`` and ``fast`` (profiled on 4 *training* prompts);
-ToMe-style uniform ``h`` and AsymRnR uniform ``q`` = ``kv``, each solved to the predicted FLOPs of ``base``
-and of ``fast``; Table 5 ablations (similarity euclidean / cosine / dot / random; reduction discard / mean)
-on the ``base`` rates; Table 4 ablations (cache steps 1-5), each replanned to ``base``'s predicted speedup.
-Writes ``results.json``, ``table.md`` and the videos' checker readings into ``--out``, and prints the table.
+Configurations (`configs.py`), each solved by bisection to every predicted FLOPs budget of ``--budgets``:
+the calibrated schedule (the planner's default policy; profiled on ``--calib-prompts`` *training* prompts),
+uniform AsymRnR (q = kv), ToMe / SymRnR (uniform h), the calibrated schedule with joint matching and with a
+fixed partition; paper Table 2 (Q only, V only; uniform and scheduled); Table 4 (cache steps 1-5) and
+Table 5 (metric, reduction op) at the middle budget. Also the predicted saving of attention FLOPs.
+
+``--timing R``: measured speed. Before each configuration, dense and the configuration generate the first
+seed's batch alternately R times (paired: the CPU's speed drifts by tens of percent within minutes); the
+measured speedup is the median of the R paired ratios of wall time.
+
+Writes ``results.json`` (every video's scores), ``table.md``, ``figure.html`` (plotly, offline; plotly.js
+beside it) and the calibration's ``stats.h5`` into ``--out``, and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -28,180 +37,220 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def solve_uniform(pipe, steps: int, target: float, kind: str, cache_steps: int = 4):
-    """The uniform schedule (``h`` = r, or ``q`` = ``kv`` = r) whose predicted speedup is ``target``."""
-    from asymrnr.flops import rate_ceiling, schedule_flops
-    from asymrnr.schedule_format import Schedule
-
-    def make(r):
-        kw = {"h": r} if kind == "h" else {"q": r, "kv": r}
-        return Schedule.uniform(pipe, steps, cache_steps=cache_steps, **kw)
-
-    grid = make(0.0).model.latent_grid
-    lo, hi = 0.0, rate_ceiling(grid) - 1e-4
-    if schedule_flops(make(hi)).predicted_speedup < target:
-        return make(hi), False
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if schedule_flops(make(mid)).predicted_speedup < target:
-            lo = mid
-        else:
-            hi = mid
-    return make(hi), True
+import configs as C  # noqa: E402
+import stats as S  # noqa: E402
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model-path", type=Path, default=None, help="micro pipeline folder (default: the shipped one)")
+    ap.add_argument("--variant", default="micro-cogvideox")
+    ap.add_argument("--model-path", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--num-prompts", type=int, default=32)
-    ap.add_argument("--calib-prompts", type=int, default=4)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/quality/results"))
-    ap.add_argument("--only", default=None, help="comma-separated config names to run (dense always runs)")
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--calib-prompts", type=int, default=8)
+    ap.add_argument("--budgets", default="1.03,1.06,1.09,1.12", help="predicted FLOPs speedups, comma-separated")
+    ap.add_argument("--groups", default="main,table2,table4,table5")
+    ap.add_argument("--only", default=None, help="run only configurations whose name contains one of these (comma)")
+    ap.add_argument("--timing", type=int, default=0, help="paired timing repeats per configuration (0: none)")
+    ap.add_argument("--batch", type=int, default=None, help="prompts per pipeline call (default: all)")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     import asymrnr
     from asymrnr.flops import schedule_flops
     from asymrnr.micro import data as D
-    from asymrnr.micro.checker import score
-    from asymrnr.micro.model import call_kwargs, load_micro_pipeline
+    from asymrnr.micro.evaluate import checker_accuracy, generate, heldout_prompts, heldout_seeds
+    from asymrnr.micro.model import VARIANTS, call_kwargs, default_weights_dir, load_micro_pipeline
     from asymrnr.micro.quality import psnr_frames, ssim_frames
-    from asymrnr.planner import plan_schedule
     from asymrnr.profiler import load_stats
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    pipe = load_micro_pipeline(args.model_path)
+    spec = VARIANTS[args.variant]
+    out = args.out or Path("benchmarks/quality/results") / args.variant
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_micro_pipeline(args.model_path or default_weights_dir(args.variant))
     pipe.set_progress_bar_config(disable=True)
-    settings = call_kwargs()
+    settings = call_kwargs(spec)
     steps = settings["num_inference_steps"]
-    train, heldout = D.split_prompts()
-    prompts = [D.make_prompt(*a) for a in heldout[: args.num_prompts]]
-    seeds = [1000 + i for i in range(len(prompts))]
+    prompts = heldout_prompts(args.num_prompts)
+    seed_sets = [heldout_seeds(len(prompts), r) for r in range(args.seeds)]
+    budgets = [float(b) for b in args.budgets.split(",")]
+    t_start = time.time()
 
-    def generate(schedule=None):
-        if schedule is not None:
-            asymrnr.apply(pipe, schedule)
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            frames = pipe(prompts, generator=gens, output_type="np", **settings).frames
-        wall = time.perf_counter() - t0
-        if schedule is not None:
-            asymrnr.remove(pipe)
-        return np.asarray(frames, dtype=np.float32), wall
-
-    # ---- calibration on training prompts (never the held-out ones)
+    # ---- calibration on training prompts (never the held-out ones), one batched call
+    train, _ = D.split_prompts()
     rng = np.random.default_rng(7)
     calib = [D.make_prompt(*train[i]) for i in rng.choice(len(train), args.calib_prompts, replace=False)]
-    stats_path = args.out / "stats.h5"
+    stats_path = out / "stats.h5"
     t0 = time.perf_counter()
-    with asymrnr.profile(pipe, stats_path, mode="w"):
-        for i, p in enumerate(calib):
-            pipe(p, generator=torch.Generator().manual_seed(i), output_type="latent", **settings)
+    with asymrnr.profile(pipe, stats_path, mode="w"), torch.no_grad():
+        pipe(calib, generator=[torch.Generator().manual_seed(i) for i in range(len(calib))], output_type="latent",
+             **settings)
     profile_s = time.perf_counter() - t0
     stats = load_stats(stats_path)
-    base = plan_schedule(stats, preset="base").schedule
-    fast = plan_schedule(stats, preset="fast").schedule
-    sp_base = schedule_flops(base).predicted_speedup
-    sp_fast = schedule_flops(fast).predicted_speedup
-    base.save(args.out / "schedule-base.json")
-    fast.save(args.out / "schedule-fast.json")
 
-    def with_matching(s, **kw):
-        return dataclasses.replace(s, matching=dataclasses.replace(s.matching, **kw))
-
-    configs: list[tuple[str, str, object]] = [("dense", "main", None)]
-    configs += [("asymrnr base (calibrated)", "main", base), ("asymrnr fast (calibrated)", "main", fast)]
-    for tag, target in (("base", sp_base), ("fast", sp_fast)):
-        configs.append((f"ToMe uniform h @{tag}", "main", solve_uniform(pipe, steps, target, "h")[0]))
-        configs.append((f"asymrnr uniform q=kv @{tag}", "main", solve_uniform(pipe, steps, target, "qkv")[0]))
-    for metric in ("cosine", "dot", "random"):
-        configs.append((f"T5 similarity {metric}", "table5", with_matching(base, metric=metric)))
-    configs.append(("T5 reduction mean", "table5", with_matching(base, reduce_op="mean")))
-    for s in (1, 2, 3, 5):
-        sch = plan_schedule(stats, preset=None, target_speedup=sp_base, cache_steps=s).schedule
-        configs.append((f"T4 cache steps {s}", "table4", sch))
+    configs = C.build(pipe, stats, steps, budgets, set(args.groups.split(",")))
     if args.only:
-        wanted = {w.strip() for w in args.only.split(",")}
-        configs = [c for c in configs if c[0] == "dense" or c[0] in wanted]
+        wanted = [w.strip() for w in args.only.split(",")]
+        configs = [c for c in configs if c.name == "dense" or any(w in c.name for w in wanted)]
+    print(f"{len(configs)} configurations; calibration {profile_s:.1f} s", flush=True)
 
-    rows = []
-    ref = None
-    dense_walls = []
-    readings = {}
-    for name, group, sch in configs:
-        frames, wall = generate(sch)
-        if ref is None:
-            ref = frames
-        if name == "dense":
-            dense_walls.append(wall)
-        checks = [score(frames[i], prompts[i]) for i in range(len(prompts))]
-        readings[name] = checks
-        psnr = psnr_frames(frames, ref)
-        ssim = ssim_frames(frames, ref)
-        rep = schedule_flops(sch) if sch is not None else None
+    def run(config, seeds):
+        if config.schedule is not None:
+            asymrnr.apply(pipe, config.schedule)
+        try:
+            t = time.perf_counter()
+            videos = generate(pipe, prompts, seeds, settings, batch=args.batch)
+            return videos, time.perf_counter() - t
+        finally:
+            if config.schedule is not None:
+                asymrnr.remove(pipe)
+
+    dense_cfg = configs[0]
+    reference = [run(dense_cfg, s)[0] for s in seed_sets]
+    rows, scores = [], {}
+    for cfg in configs:
+        psnr = np.zeros((len(prompts), args.seeds))
+        ssim = np.zeros_like(psnr)
+        correct = np.zeros_like(psnr)
+        walls = []
+        for r, seeds in enumerate(seed_sets):
+            videos, wall = (reference[r], float("nan")) if cfg is dense_cfg else run(cfg, seeds)
+            walls.append(wall)
+            psnr[:, r] = psnr_frames(videos, reference[r]).mean(-1)
+            ssim[:, r] = ssim_frames(videos, reference[r]).mean(-1)
+            correct[:, r] = [x["correct"] for x in checker_accuracy(videos, prompts)["readings"]]
+        ratios = []
+        for _ in range(args.timing if cfg is not dense_cfg else 0):
+            _, td = run(dense_cfg, seed_sets[0])
+            _, tc = run(cfg, seed_sets[0])
+            ratios.append(td / tc)
+        rep = schedule_flops(cfg.schedule) if cfg.schedule is not None else None
         row = {
-            "config": name, "group": group,
-            "tag": None if sch is None else sch.tag,
-            "predicted_speedup": 1.0 if rep is None else round(rep.predicted_speedup, 4),
-            "wall_s": round(wall, 2),
-            "psnr": float(np.mean(psnr)) if sch is not None else float("inf"),
-            "ssim": float(np.mean(ssim)),
-            "accuracy": float(np.mean([c["correct"] for c in checks])),
-            "colour_acc": float(np.mean([c["colour_ok"] for c in checks])),
-            "motion_acc": float(np.mean([c["motion_ok"] for c in checks])),
-            "shape_acc": float(np.mean([c["shape_ok"] for c in checks])),
+            "config": cfg.name, "group": cfg.group, "method": cfg.method, "budget": cfg.budget,
+            "reached": cfg.reached, "tag": None if cfg.schedule is None else cfg.schedule.tag,
+            "predicted_speedup": 1.0 if rep is None else rep.predicted_speedup,
+            "attention_saved": 0.0 if rep is None else 1 - rep.components_reduced["attention"] / rep.components_dense["attention"],
+            "measured_speedup": float(np.median(ratios)) if ratios else None,
+            "measured_ratios": ratios,
+            "psnr": S.bootstrap_mean(np.minimum(psnr, 100.0)) if cfg is not dense_cfg else None,
+            "ssim": S.bootstrap_mean(ssim),
+            "accuracy": S.bootstrap_mean(correct),
+            "wall_s": walls, **cfg.extra,
         }
-        if sch is not None:
-            row.update(mean_q=round(sch.mean_rate("q"), 4), mean_kv=round(sch.mean_rate("kv"), 4),
-                       mean_h=round(sch.mean_rate("h"), 4), metric=sch.matching.metric,
-                       reduce_op=sch.matching.reduce_op, cache_steps=sch.matching.cache_steps)
+        if cfg.schedule is not None:
+            sch = cfg.schedule
+            row.update(mean_q=sch.mean_rate("q"), mean_kv=sch.mean_rate("kv"), mean_h=sch.mean_rate("h"),
+                       metric=sch.matching.metric, reduce_op=sch.matching.reduce_op,
+                       cache_steps=sch.matching.cache_steps, granularity=sch.matching.granularity,
+                       partition=sch.matching.partition)
         rows.append(row)
-        print(f"{name:32s} pred {row['predicted_speedup']:.3f}x  wall {wall:6.1f}s  PSNR {row['psnr']:6.2f}  "
-              f"SSIM {row['ssim']:.4f}  acc {row['accuracy']:.3f}", flush=True)
-    # dense timed again at the end: the measured ratio uses the mean of both dense runs
-    _, wall2 = generate(None)
-    dense_walls.append(wall2)
-    dense_wall = float(np.mean(dense_walls))
-    for row in rows:
-        row["measured_speedup"] = round(dense_wall / row["wall_s"], 3) if row["config"] != "dense" else round(
-            dense_wall / dense_wall, 3)
+        scores[cfg.name] = {"psnr": psnr.tolist(), "ssim": ssim.tolist(), "correct": correct.tolist()}
+        print(line(row), flush=True)
 
+    comparisons = compare(rows, scores, budgets)
     command = "python benchmarks/quality/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    table = format_table(rows)
     header = (
-        f"micro-cogvideox, {len(prompts)} held-out prompts x seeds 1000+i, {steps} DPM steps, guidance "
-        f"{settings['guidance_scale']}, {settings['height']}x{settings['width']} px, {settings['num_frames']} frames "
-        f"(4 x 6 x 6 tokens + {settings['max_sequence_length']} text), batch {len(prompts)} x CFG 2, CPU "
-        f"{args.threads} thread(s); calibration: {len(calib)} training prompts, profiled in {profile_s:.1f} s; "
-        f"dense wall {dense_walls[0]:.1f} s / {dense_walls[1]:.1f} s (start / end)"
+        f"{args.variant}: {len(prompts)} held-out prompts x {args.seeds} seeds, {steps} DPM steps, guidance "
+        f"{settings['guidance_scale']}, {spec.height}x{spec.width} px, {spec.num_frames} frames; CPU, "
+        f"{args.threads} thread(s); calibration: {len(calib)} training prompts ({profile_s:.1f} s); "
+        f"wall time {(time.time() - t_start) / 60:.1f} min"
     )
-    text = f"Command: `{command}`\n\n{header}\n\n{table}\n"
+    text = f"Command: `{command}`\n\n{header}\n\n{table(rows)}\n\n{comparison_table(comparisons)}\n"
     print("\n" + text)
-    (args.out / "table.md").write_text(text)
-    (args.out / "results.json").write_text(json.dumps(
-        {"command": command, "prompts": prompts, "seeds": seeds, "calibration_prompts": calib,
-         "settings": settings, "dense_walls": dense_walls, "rows": rows, "readings": readings}, indent=1) + "\n")
+    (out / "table.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(
+        {"command": command, "header": header, "prompts": prompts, "seeds": seed_sets, "calibration_prompts": calib,
+         "settings": settings, "rows": rows, "scores": scores, "comparisons": comparisons}, indent=1) + "\n")
+    figure(rows, out / "figure.html", args.variant)
     return 0
 
 
-def format_table(rows) -> str:
-    lines = [
-        "| configuration | mean q / kv / h | metric, op, s | predicted speedup | measured speedup | PSNR (dB) | SSIM | checker acc. | colour / motion / shape |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+def line(r: dict) -> str:
+    psnr = "ref" if r["psnr"] is None else S.fmt(r["psnr"])
+    meas = "" if r["measured_speedup"] is None else f"  measured {r['measured_speedup']:.3f}x"
+    return (f"{r['config']:38s} pred {r['predicted_speedup']:.3f}x{meas}  PSNR {psnr}  SSIM {S.fmt(r['ssim'], 4)}  "
+            f"acc {S.fmt(r['accuracy'], 1, 100)}%")
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| configuration | mean q / kv / h | predicted speedup | attention FLOPs saved | measured speedup | "
+           "PSNR (dB) [95% CI] | SSIM [95% CI] | checker acc. % [95% CI] |",
+           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        rates = "-" if r["config"] == "dense" else f"{r['mean_q']:.2f} / {r['mean_kv']:.2f} / {r['mean_h']:.2f}"
-        match = "-" if r["config"] == "dense" else f"{r['metric']}, {r['reduce_op']}, {r['cache_steps']}"
-        psnr = "ref" if r["config"] == "dense" else f"{r['psnr']:.2f}"
-        lines.append(
-            f"| {r['config']} | {rates} | {match} | {r['predicted_speedup']:.3f}x | {r['measured_speedup']:.3f}x | "
-            f"{psnr} | {r['ssim']:.4f} | {100 * r['accuracy']:.1f}% | "
-            f"{100 * r['colour_acc']:.0f} / {100 * r['motion_acc']:.0f} / {100 * r['shape_acc']:.0f}% |"
-        )
-    return "\n".join(lines)
+        rates = "-" if "mean_q" not in r else f"{r['mean_q']:.2f} / {r['mean_kv']:.2f} / {r['mean_h']:.2f}"
+        psnr = "ref" if r["psnr"] is None else S.fmt(r["psnr"])
+        meas = "-" if r["measured_speedup"] is None else f"{r['measured_speedup']:.3f}x"
+        miss = "" if r["reached"] else " (budget not reached)"
+        out.append(f"| {r['config']}{miss} | {rates} | {r['predicted_speedup']:.3f}x | {100 * r['attention_saved']:.0f}% | "
+                   f"{meas} | {psnr} | {S.fmt(r['ssim'], 4)} | {S.fmt(r['accuracy'], 1, 100)} |")
+    return "\n".join(out)
+
+
+#: (a, b) pairs compared at every budget: the paper's claims and our defaults.
+PAIRS = (("calibrated", "uniform q=kv"), ("calibrated", "ToMe h"), ("calibrated", "calibrated joint"),
+         ("calibrated", "calibrated fixed partition"), ("T2 Q schedule", "T2 Q uniform"),
+         ("T2 V schedule", "T2 V uniform"))
+
+
+def compare(rows: list[dict], scores: dict, budgets: list[float]) -> list[dict]:
+    out = []
+    names = {r["config"] for r in rows}
+    for b in budgets:
+        for a, c in PAIRS:
+            na, nc = f"{a} @{b:g}", f"{c} @{b:g}"
+            if na not in names or nc not in names:
+                continue
+            entry = {"budget": b, "a": na, "b": nc}
+            for metric in ("psnr", "ssim", "correct"):
+                entry[metric] = S.bootstrap_diff(np.minimum(np.asarray(scores[na][metric]), 100.0),
+                                                 np.minimum(np.asarray(scores[nc][metric]), 100.0))
+            out.append(entry)
+    return out
+
+
+def comparison_table(comparisons: list[dict]) -> str:
+    if not comparisons:
+        return ""
+    out = ["Paired differences (a - b) over prompts, 95 % bootstrap intervals; * = significant (interval excludes 0):",
+           "", "| budget | a | b | PSNR diff (dB) | SSIM diff | accuracy diff (points) |", "|---|---|---|---|---|---|"]
+    for c in comparisons:
+        cells = []
+        for metric, digits, scale in (("psnr", 2, 1), ("ssim", 4, 1), ("correct", 1, 100)):
+            d, lo, hi, sig = c[metric]
+            cells.append(f"{d * scale:+.{digits}f} [{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]{' *' if sig else ''}")
+        out.append(f"| {c['budget']:g}x | {c['a'].rsplit(' @', 1)[0]} | {c['b'].rsplit(' @', 1)[0]} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def figure(rows: list[dict], path: Path, variant: str) -> None:
+    """PSNR and checker accuracy against predicted speedup, one line per method, with 95 % intervals."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("PSNR vs dense (dB)", "checker accuracy (%)"))
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows if r["group"] in ("main", "table2"))
+               if m != "dense"]
+    for i, m in enumerate(methods):
+        pts = sorted((r for r in rows if r["method"] == m and r["group"] in ("main", "table2")),
+                     key=lambda r: r["predicted_speedup"])
+        x = [r["predicted_speedup"] for r in pts]
+        for col, key, scale in ((1, "psnr", 1.0), (2, "accuracy", 100.0)):
+            y = [r[key][0] * scale for r in pts]
+            err_hi = [(r[key][2] - r[key][0]) * scale for r in pts]
+            err_lo = [(r[key][0] - r[key][1]) * scale for r in pts]
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=m, legendgroup=m, showlegend=col == 1,
+                                     error_y=dict(type="data", symmetric=False, array=err_hi, arrayminus=err_lo)),
+                          row=1, col=col)
+    dense = next(r for r in rows if r["config"] == "dense")
+    fig.add_hline(y=dense["accuracy"][0] * 100, line_dash="dot", annotation_text="dense", row=1, col=2)
+    fig.update_xaxes(title_text="predicted FLOPs speedup")
+    fig.update_layout(title=f"AsymRnR on {variant}: quality at matched predicted FLOPs (95 % bootstrap intervals "
+                            "over prompts)", height=520, width=1200)
+    fig.write_html(path, include_plotlyjs="directory", full_html=True)
 
 
 if __name__ == "__main__":

@@ -193,12 +193,17 @@ def _apply_options(fn, options):
 def generation_options(fn):
     """Options shared by every command that generates (``calibrate``, ``asymrnr-calibrate``, ``profile``)."""
     return _apply_options(fn, [
-        click.option("--model", "model_name", required=True, callback=_known_model,
-                     help=f"Model preset: {', '.join(preset_names())}."),
+        click.option("--model", "model_name", default=None, callback=_known_model,
+                     help=f"Model preset: {', '.join(preset_names())} (optional with --model-path)."),
         click.option("--model-path", type=click.Path(file_okay=False), default=None,
-                     help="Local diffusers pipeline folder (with model_index.json) instead of the Hugging Face cache."),
+                     help="Local diffusers pipeline folder (with model_index.json) instead of the Hugging Face cache. "
+                          "With --model it must be that preset's model; without, the folder is used as it is "
+                          "(pipeline from its model_index.json, generation defaults of its family)."),
         click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
                      help="Text file with one prompt a line (default: the prompts shipped with asymrnr for the model)."),
+        click.option("--images", "images_dir", type=click.Path(file_okay=False), default=None,
+                     help="Image-to-video models: a folder with one conditioning image per prompt, paired by sorted "
+                          "file name (default: a synthetic picture per prompt, drawn from its seed)."),
         click.option("--num-prompts", type=int, default=None, callback=_positive("num-prompts"),
                      help="Use only the first N prompts (default: 4 for real models, 2 for embedded ones)."),
         click.option("--seed", type=int, default=0, show_default=True, callback=_seed_in_range,
@@ -241,48 +246,152 @@ def calibrate_options(fn):
 class GenerationJob:
     """What to generate, checked before anything is loaded."""
 
-    preset: Any  # ModelPreset
+    preset: Any  # ModelPreset (for a folder given without --model: one made for it)
     model_path: str | None
     prompts_file: str | None
     prompts: list[str]
     seeds: list[int]
-    settings: dict  # keyword arguments of pipe(prompt, ...)
+    settings: dict  # keyword arguments of pipe(prompt=..., ...)
     dtype: str | None
     device: str | None
+    task: str = "text-to-video"  # or "image-to-video": one conditioning image per prompt
+    images: list | None = None  # image files, one per prompt (image-to-video; None: synthetic pictures)
+    images_dir: str | None = None
+    custom: bool = False  # --model-path without --model
+    defaults_from: str | None = None  # the preset whose generation defaults a custom folder takes
+    folder: Any = None  # asymrnr.models.loading.PipelineFolder of --model-path
 
     def runs(self) -> list[tuple[str, int]]:
         return list(zip(self.prompts, self.seeds))
 
+    def call_kwargs(self, i: int) -> dict:
+        """Keyword arguments of the pipeline call for prompt ``i`` (its conditioning image included)."""
+        kwargs = dict(self.settings)
+        if self.task == "image-to-video":
+            from .models.images import fit_image, open_image, synthetic_image
+
+            height, width = kwargs["height"], kwargs["width"]
+            if self.images is not None:
+                kwargs["image"] = fit_image(open_image(self.images[i]), height, width)
+            else:
+                kwargs["image"] = synthetic_image(height, width, self.seeds[i], self.prompts[i])
+        return kwargs
+
+    def command(self) -> str:
+        """The options that name the model and its inputs, for provenance notes."""
+        parts = []
+        if not self.custom:
+            parts.append(f"--model {self.preset.name}")
+        if self.model_path is not None:
+            parts.append(f"--model-path {self.model_path}")
+        if self.task == "image-to-video":
+            parts.append(f"--images {self.images_dir}" if self.images_dir else "(synthetic images)")
+        return " ".join(parts)
+
 
 def prepare_job(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
-                dtype, device) -> GenerationJob:
-    """Check everything about a generation that needs no model: sizes for the family, model folder,
-    prompts, seeds. Raises click errors that say the fix."""
+                dtype, device, images_dir=None) -> GenerationJob:
+    """Check everything about a generation that needs no model weights: which model (a preset, a folder
+    that must match it, or a folder alone), sizes for the family, prompts, seeds, conditioning images.
+    Raises click errors that say the fix."""
     from . import archs
-    from .models.loading import check_pipeline_dir
+    from .models import loading
     from .models.presets import get_preset
 
-    preset = get_preset(model_name)
+    if model_name is None and model_path is None:
+        raise click.UsageError(
+            f"pass --model NAME (one of: {', '.join(preset_names())}) or --model-path DIR (a diffusers pipeline "
+            "folder), or both"
+        )
+    folder = config = base = None
+    preset = get_preset(model_name) if model_name is not None else None
+    if model_path is not None:
+        folder = loading.read_pipeline_folder(model_path, hub_id=preset.hub_id if preset is not None else None)
+        adapter, description = loading.folder_description(folder)
+        if preset is None:
+            preset, base = loading.folder_preset(folder, adapter=adapter, description=description)
+        else:
+            loading.check_folder_fits(folder, preset, adapter=adapter, description=description)
+        config = dict(loading.transformer_config(folder))
+    elif not preset.embedded:
+        config = _cached_config(preset)
+    task = loading.pipeline_task(preset.pipeline_class)
+    if task not in ("text-to-video", "image-to-video"):
+        what = f"{folder.path} holds" if folder is not None else f"{preset.name} is"
+        raise AsymRnRError(
+            f"{what} a {preset.pipeline_class} ({task}): the command line calibrates text-to-video and image-to-video "
+            f"pipelines, which it drives from prompts (and images); profile a {task} pipeline from Python, with "
+            "`with asymrnr.profile(pipe, 'stats.h5'):` around your own calls, then plan: `asymrnr plan stats.h5`"
+        )
     settings = preset.call_kwargs()
     for key, value in (("num_inference_steps", steps), ("height", height), ("width", width), ("num_frames", frames),
                        ("guidance_scale", guidance)):
         if value is not None:
             settings[key] = value
-    problem = archs.get(preset.family).generation_rules().check(settings["height"], settings["width"],
-                                                               settings["num_frames"])
+    rules = archs.get(preset.family).generation_rules(config)
+    if rules.fixed_size is not None and height is None and width is None:
+        settings["height"], settings["width"] = rules.fixed_size
+    problem = rules.check(settings["height"], settings["width"], settings["num_frames"])
     if problem:
         raise click.BadParameter(f"{problem} ({preset.name})", param_hint="--height/--width/--frames")
-    if model_path is not None:
-        check_pipeline_dir(model_path, hub_id=preset.hub_id)
-    prompts = read_prompts(prompts_file, num_prompts or (2 if preset.embedded else 4), default=preset.prompts_file)
+    embedded = (base or preset).embedded
+    prompts = read_prompts(prompts_file, num_prompts or (2 if embedded else 4), default=preset.prompts_file)
     if seed + len(prompts) - 1 > MAX_SEED:
         raise click.BadParameter(
             f"prompt i uses seed + i, so with {len(prompts)} prompts --seed must be at most {MAX_SEED - len(prompts) + 1} "
             f"(seeds lie in [0, 2**63 - 1]); got {seed}",
             param_hint="--seed",
         )
+    images = None
+    if images_dir is not None:
+        if task != "image-to-video":
+            raise click.BadParameter(
+                f"{preset.name} is a {task} model ({preset.pipeline_class}): it takes no conditioning images; leave "
+                "out --images", param_hint="--images")
+        from .models.images import read_images
+
+        in_file = len(read_prompts(prompts_file, None, default=preset.prompts_file))
+        images = read_images(images_dir, len(prompts), num_file_prompts=in_file)
     return GenerationJob(preset, model_path, prompts_file, prompts, [seed + i for i in range(len(prompts))],
-                         settings, dtype, device)
+                         settings, dtype, device, task=task, images=images, images_dir=images_dir,
+                         custom=model_name is None, defaults_from=base.name if base is not None else None,
+                         folder=folder)
+
+
+def _cached_config(preset) -> dict | None:
+    """The transformer config of the preset's snapshot in the local Hugging Face cache (JSON only), so that a
+    size its config forbids is refused before minutes of loading; ``None`` when there is none (loading says)."""
+    from .models import loading
+
+    try:
+        found = loading.find_cached_snapshot(preset.hub_ids)
+        if found is None:
+            return None
+        folder = loading.read_pipeline_folder(found[1])
+        return dict(loading.transformer_config(folder)) if folder.transformer_class else None
+    except (AsymRnRError, OSError, ImportError) as err:
+        logger.info("cannot read the cached config of %s: %s", preset.name, err)
+        return None
+
+
+def _announce(job: GenerationJob) -> None:
+    """Say what a folder given without a preset was taken for, and where the conditioning images come from."""
+    if job.custom:
+        arch = job.preset.architecture
+        blocks = f"{arch['num_blocks']} block" + ("s" if arch.get("num_blocks") != 1 else "") if arch else ""
+        shape = f", {blocks}, {arch['num_heads']} heads x {arch['head_dim']}" if arch else ""
+        same = " (same architecture)" if arch and dict(arch) == dict(MODEL_PRESETS[job.defaults_from].architecture) else ""
+        _echo(f"{job.model_path}: {job.preset.pipeline_class} with a {job.folder.transformer_class} "
+              f"({job.preset.family}{shape}); generation defaults of {job.defaults_from}{same}, "
+              "override them with --steps/--height/--width/--frames/--guidance/--dtype")
+    if job.task == "image-to-video":
+        if job.images is not None:
+            _echo(f"conditioning images: {len(job.images)} from {job.images_dir}, paired with the prompts by sorted file "
+                  f"name ({job.images[0].name} ... {job.images[-1].name}), centre-cropped to "
+                  f"{job.settings['height']}x{job.settings['width']}")
+        else:
+            _echo("conditioning images: synthetic (one per prompt, drawn from its seed and text); pass --images DIR "
+                  "for pictures like the ones you will animate")
 
 
 def _resolve_device(job: GenerationJob) -> None:
@@ -337,8 +446,7 @@ def _check_same_generation(stats, job: GenerationJob, where: str, fix: str) -> N
                 f"{where} holds runs made with {key} = {have}, but this run asks for {want}; pass the same settings "
                 f"(see `asymrnr inspect {where}`), or {fix}"
             )
-    if job.model_path is None:
-        _check_architecture(stats.model or {}, job.preset, where, fix)
+    _check_architecture(stats.model or {}, job.preset, where, fix)
 
 
 # ------------------------------------------------------------------------------------------ file kinds
@@ -445,7 +553,11 @@ def _profile_into(job: GenerationJob, todo: list[int], receive, ctx=None) -> flo
         _echo(f"loading {preset.name} ({source}) on {job.device}{ranks}")
     pipe, error = None, None
     try:
-        pipe = load_pipeline(preset.name, model_path=job.model_path, dtype=job.dtype, device=job.device)
+        if job.custom:
+            pipe = load_pipeline(None, model_path=job.model_path, dtype=job.dtype or preset.dtype, device=job.device)
+        else:
+            pipe = load_pipeline(preset.name, model_path=job.model_path, dtype=job.dtype, device=job.device)
+        _check_loaded(pipe, job)
         pipe.set_progress_bar_config(leave=False, desc="steps", disable=not ctx.is_main)
     except Exception as err:  # noqa: BLE001 - the other ranks must hear of it
         error = err
@@ -453,14 +565,32 @@ def _profile_into(job: GenerationJob, todo: list[int], receive, ctx=None) -> flo
     started = time.perf_counter()
     if not ctx.is_main:
         with sigterm_interrupts():
-            profile_prompts(ctx, pipe, job.runs(), job.settings, todo, receive)
+            profile_prompts(ctx, pipe, job.runs(), job.call_kwargs, todo, receive)
         return time.perf_counter() - started
     with sigterm_interrupts(), click.progressbar(length=len(todo), label="prompts", show_pos=True) as bar:
         def advance(k: int) -> None:
             bar.update(min(ctx.world, len(todo) - k * ctx.world))
 
-        profile_prompts(ctx, pipe, job.runs(), job.settings, todo, receive, on_round=advance)
+        profile_prompts(ctx, pipe, job.runs(), job.call_kwargs, todo, receive, on_round=advance)
     return time.perf_counter() - started
+
+
+def _check_loaded(pipe, job: GenerationJob) -> None:
+    """Before generating: the loaded transformer's own config allows the size (e.g. learned positional
+    embeddings), and a folder given with a preset has the preset's architecture."""
+    from . import archs
+    from .models.loading import check_facts, description_facts
+
+    adapter = archs.adapter_for(pipe)
+    transformer = next(t for t in (getattr(pipe, c, None) for c in adapter.components) if t is not None)
+    config = getattr(getattr(transformer, "_orig_mod", transformer), "config", None)
+    rules = adapter.generation_rules(dict(config) if config is not None else None)
+    s = job.settings
+    problem = rules.check(s["height"], s["width"], s["num_frames"])
+    if problem:
+        raise click.BadParameter(f"{problem} ({job.preset.name})", param_hint="--height/--width/--frames")
+    if job.model_path is not None and not job.custom:
+        check_facts(description_facts(adapter.describe(transformer)), job.preset, str(job.model_path))
 
 
 class _Followers:
@@ -581,7 +711,7 @@ def _write_report(stats, path: Path, schedule) -> Path | None:
 @_user_errors
 def run_calibrate(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
                   dtype, device, cache_steps, budget_preset, target_speedup, out_dir, verbose, overwrite=False,
-                  resume=False) -> dict:
+                  resume=False, images_dir=None) -> dict:
     """Profile the model on prompts, plan a schedule, write stats, schedule and report. Returns the paths.
 
     Under torchrun (``WORLD_SIZE`` > 1) the prompts are spread over the ranks; rank 0 alone locks and writes
@@ -593,10 +723,13 @@ def run_calibrate(model_name, model_path, prompts_file, num_prompts, seed, steps
         raise click.UsageError("--overwrite and --resume exclude each other: pass one")
     ctx = env_context()
     job = prepare_job(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
-                      dtype, device)
-    out = Path(out_dir or Path("runs") / model_name)
+                      dtype, device, images_dir)
+    out = Path(out_dir or Path("runs") / job.preset.name)
     for name in (STATS_NAME, SCHEDULE_NAME, REPORT_NAME):
         check_output_path(out / name, inputs=[prompts_file])
+    if images_dir is not None and out.resolve() == Path(images_dir).expanduser().resolve():
+        raise AsymRnRError(f"--out {out} is the --images folder: the results would be read as images next time; "
+                           "choose another --out")
     with process_group(ctx):
         if ctx.distributed:
             job.device = rank_device(job.device, ctx)
@@ -604,6 +737,7 @@ def run_calibrate(model_name, model_path, prompts_file, num_prompts, seed, steps
             _resolve_device(job)
         if not ctx.is_main:
             return _follow(job, ctx)
+        _announce(job)
         followers = _Followers(ctx)
         created = False
         try:
@@ -691,7 +825,7 @@ def _calibrate_locked(job: GenerationJob, out: Path, cache_steps, budget_preset,
         # where it will be: the report and the schedule name it
         stats = dataclasses.replace(load_stats(staged_stats), path=str(out / STATS_NAME))
         result = plan_schedule(stats, preset=None if target_speedup else budget_preset, target_speedup=target_speedup,
-                               cache_steps=cache_steps, notes=f"asymrnr-calibrate --model {job.preset.name}")
+                               cache_steps=cache_steps, notes=f"asymrnr-calibrate {job.command()}")
         schedule = result.schedule
         tagged = f"schedule-{schedule.tag}.json"
         schedule.save(staging / SCHEDULE_NAME)
@@ -735,10 +869,17 @@ unless you pass --overwrite (start over; the old schedule-*.json files go, as th
 old statistics) or --resume (keep the runs of its stats.h5 whose prompt and seed match, profile only the
 missing prompts, plan again). One calibration at a time writes into a folder (it is locked).
 
+Image-to-video models take one conditioning image per prompt from --images DIR (paired by sorted file
+name), or draw a synthetic one per prompt. --model-path DIR without --model calibrates a pipeline folder
+as it is (its model_index.json names the pipeline; generation defaults of its family).
+
 \b
-Example:
+Examples:
   asymrnr-calibrate --model {model} --target-speedup 1.2 --out runs/{model}
-""".format(model=_EXAMPLE)
+  asymrnr-calibrate --model {i2v} --images pictures/ --prompts prompts.txt
+  asymrnr-calibrate --model-path /data/my-finetune --out runs/my-finetune
+""".format(model=_EXAMPLE, i2v=next((n for n, p in MODEL_PRESETS.items() if "ImageToVideo" in p.pipeline_class
+                                     and not p.embedded), _EXAMPLE))
 
 
 @click.command("asymrnr-calibrate", context_settings={"help_option_names": ["-h", "--help"]}, help=CALIBRATE_HELP)
@@ -769,8 +910,8 @@ main.add_command(calibrate_command, name="calibrate")
               help="An interrupted profile left OUTPUT's partial file (stats.partial.h5 for stats.h5): keep its runs "
                    "whose prompt and seed match, profile only the missing prompts.")
 @_user_errors
-def profile_command(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
-                    dtype, device, verbose, output, append, overwrite, resume):
+def profile_command(model_name, model_path, prompts_file, images_dir, num_prompts, seed, steps, height, width, frames,
+                    guidance, dtype, device, verbose, output, append, overwrite, resume):
     """Profile a model on prompts and write the statistics file only (no planning, no report).
 
     The file is written next to OUTPUT under a temporary name and moved into place once every prompt is
@@ -789,7 +930,7 @@ def profile_command(model_name, model_path, prompts_file, num_prompts, seed, ste
         raise click.UsageError("--overwrite and --resume exclude each other: pass one")
     ctx = env_context()
     job = prepare_job(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
-                      dtype, device)
+                      dtype, device, images_dir)
     path = check_output_path(output, inputs=[prompts_file], option="-o")
     partial = partial_path(path)
     if path.exists() and not (append or overwrite):
@@ -810,6 +951,7 @@ def profile_command(model_name, model_path, prompts_file, num_prompts, seed, ste
         if not ctx.is_main:
             _follow(job, ctx)
             return
+        _announce(job)
         followers = _Followers(ctx)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ def num_windows(grid, stride=vocab.DEFAULT_STRIDE) -> int:
 
 
 def rate_ceiling(grid, stride=vocab.DEFAULT_STRIDE) -> float:
-    """Largest rate the matching can realise, ``Ns / N`` (0.887 on CogVideoX's 13x30x45 grid at (2,2,2))."""
+    """Largest rate the matching can realise, ``Ns / N`` (0.887 on a 13x30x45 grid at (2,2,2))."""
     return vocab.rate_ceiling(grid, stride)
 
 
@@ -410,7 +410,7 @@ def transformer_flops(
             arr = arr[:, int(step)]
         cols[f] = np.broadcast_to(arr, (sh.num_blocks,)).reshape(sh.num_blocks, 1)
     if recompute is None:
-        recompute = True if step is None else int(step) % max(1, int(cache_steps)) == 0
+        recompute = True if step is None else vocab.is_recompute_step(step, cache_steps)
     report = rates_flops(model, cols["q"], cols["kv"], cols["h"], cache_steps=1, batch=batch, stride=stride)
     total = report.reduced_total
     if not recompute:

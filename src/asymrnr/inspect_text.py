@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .flops import FlopsReport, rate_ceiling, schedule_flops
+from . import vocab
 
 #: Below this predicted FLOPs speedup a schedule is reported as not worth running.
 MIN_USEFUL_SPEEDUP = 1.02
@@ -25,7 +26,7 @@ def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def _tables(schedule) -> dict[str, np.ndarray]:
-    return {f: np.asarray(schedule.rates[f], dtype=np.float64) for f in ("q", "kv", "h")}
+    return {f: np.asarray(schedule.rates[f], dtype=np.float64) for f in vocab.SCHEDULE_FEATURES}
 
 
 def group_means(rates: np.ndarray, groups: int = 3, step_ranges: int = NUM_STEP_RANGES) -> tuple[list, list, np.ndarray]:
@@ -65,7 +66,7 @@ def _fmt_flops(x: float) -> str:
 
 
 def _provenance_versions(prov: dict) -> str:
-    """``asymrnr 0.1.0, torch 2.13.0, diffusers 0.42.1; model THUDM/CogVideoX-5b (bfloat16); ...`` from the
+    """``asymrnr 0.1.0, torch 2.13.0, diffusers 0.42.1; model org/model-name (bfloat16); ...`` from the
     provenance keys that are present (empty when none is)."""
     parts = []
     tools = [f"{name} {prov[key]}" for name, key in (("asymrnr", "tool_version"), ("torch", "torch_version"),

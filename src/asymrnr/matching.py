@@ -2,7 +2,7 @@
 
 The video tokens of a grid ``(F, H, W)`` are split into windows of ``stride = (sf, sh, sw)``. Each *full*
 window contributes one random *destination*; every other token is a *source*, including the leftover
-edge slab that does not fill a window (paper Table 6 and the reference count one destination per full
+edge tokens that do not fill a window (at a seeded offset per axis, split before and after the windows) (paper Table 6 and the reference count one destination per full
 window: 11.28 % of the tokens at 13x30x45, stride (2, 2, 2)). Each source is matched to its most similar
 destination; reducing by ``n_r`` drops the ``n_r`` sources with the best match, and restoration copies a
 dropped token's output from its destination.
@@ -27,9 +27,9 @@ from . import vocab
 METRICS = vocab.METRICS
 
 # Upper bound on the bytes of one chunk of the [G, rows, Nd] similarity matrix. The full matrix is
-# memory-bound (field notes: chunking halves the matching time at the real CogVideoX grid); a chunk that
+# memory-bound (field notes: chunking halves the matching time at the real 13x30x45 grid); a chunk that
 # stays in cache lets the min/max reduction read what the matmul just wrote.
-# Measured best on this CPU: ~128 rows per thread at the real CogVideoX grid (1.25 MiB per thread).
+# Measured best on this CPU: ~128 rows per thread at the real 13x30x45 grid (1.25 MiB per thread).
 _CHUNK_BYTES_PER_THREAD = 5 * 256 * 1024
 
 
@@ -43,6 +43,8 @@ class Partition:
         dst_idx: ``[Nd]`` int64, flat video-token indices of the destinations, ascending.
         src_idx: ``[Ns]`` int64, flat indices of the sources, ascending.
         random_scores: ``[Ns]`` float32 in [0, 1), fixed per partition; the "random" metric's similarity.
+        origin: where the full windows start on each axis (tokens before it and after the last window are
+            sources only).
     """
 
     grid: tuple[int, int, int]
@@ -50,6 +52,7 @@ class Partition:
     dst_idx: torch.Tensor
     src_idx: torch.Tensor
     random_scores: torch.Tensor
+    origin: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def num_tokens(self) -> int:
@@ -75,6 +78,7 @@ class Partition:
             self.dst_idx.to(device),
             self.src_idx.to(device),
             self.random_scores.to(device),
+            self.origin,
         )
 
 
@@ -106,7 +110,8 @@ def make_partition(grid: tuple[int, int, int], stride: tuple[int, int, int], see
 
     Args:
         grid: token grid ``(F, H, W)``; video tokens are flattened frame-major, then row, then column.
-        stride: window size per axis; tokens beyond the last full window on an axis are sources only.
+        stride: window size per axis; the ``g % s`` tokens left over on an axis (split before and after the
+            full windows at a seeded offset) are sources only.
         seed: seeds a CPU ``torch.Generator``, so the partition is identical on any machine.
     """
     grid = tuple(int(g) for g in grid)
@@ -119,22 +124,26 @@ def make_partition(grid: tuple[int, int, int], stride: tuple[int, int, int], see
     sf, sh, sw = stride
     nf, nh, nw = vocab.window_counts(grid, stride)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    # Where the full windows start on each axis: a seeded share of the leftover (g % s) goes before them, the
+    # rest after, as in the reference; redrawn with the partition, so every edge token is sometimes inside a
+    # window over a generation.
+    start = [int(torch.randint(0, g % st + 1, (1,), generator=gen)) for g, st in zip(grid, stride)]
     n_win = nf * nh * nw
     size = sf * sh * sw
     offset = torch.randint(0, size, (n_win,), generator=gen)
     of = offset // (sh * sw)
     oh = (offset % (sh * sw)) // sw
     ow = offset % sw
-    f = (torch.arange(nf).view(nf, 1, 1) * sf).expand(nf, nh, nw).reshape(-1) + of
-    h = (torch.arange(nh).view(1, nh, 1) * sh).expand(nf, nh, nw).reshape(-1) + oh
-    w = (torch.arange(nw).view(1, 1, nw) * sw).expand(nf, nh, nw).reshape(-1) + ow
+    f = (torch.arange(nf).view(nf, 1, 1) * sf + start[0]).expand(nf, nh, nw).reshape(-1) + of
+    h = (torch.arange(nh).view(1, nh, 1) * sh + start[1]).expand(nf, nh, nw).reshape(-1) + oh
+    w = (torch.arange(nw).view(1, 1, nw) * sw + start[2]).expand(nf, nh, nw).reshape(-1) + ow
     dst = torch.sort((f * gh + h) * gw + w).values
 
     is_dst = torch.zeros(gf * gh * gw, dtype=torch.bool)
     is_dst[dst] = True
     src = torch.nonzero(~is_dst).flatten()
     random_scores = torch.rand(src.shape, generator=gen, dtype=torch.float32)
-    return Partition(grid, stride, dst, src, random_scores)
+    return Partition(grid, stride, dst, src, random_scores, tuple(start))
 
 
 def _chunk_rows(groups: int, num_dst: int, num_src: int) -> int:
@@ -324,7 +333,7 @@ def take_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """:func:`gather_tokens` for ``x [B, heads, S, D]`` and one index per sample (``idx [B, M]``), as whole-row
     copies: ``index_select`` over rows of the layout ``x`` is stored in.
 
-    Q/K/V in CogVideoX are ``[B, S, heads, D]`` tensors viewed as ``[B, heads, S, D]``; selecting token rows
+    Q/K/V projected per token are ``[B, S, heads, D]`` tensors viewed as ``[B, heads, S, D]``; selecting token rows
     of ``heads * D`` contiguous values is a plain memory copy, faster than an element-wise ``gather`` with an
     expanded index. Falls back to :func:`gather_tokens` for per-head indices or other layouts.
     """

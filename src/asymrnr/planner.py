@@ -155,7 +155,7 @@ class FeaturePolicy:
 #: Q: hard where it is redundant, untouched elsewhere (paper Table 2 and Sec. 4.3: Q is the most sensitive
 #: feature in low-similarity cells, 10 % there already blurs, but takes 80 % in high-similarity cells
 #: without visible artifacts). At most 54 % of the cells (27 % at the ``base`` strength, the share of the
-#: authors' shipped CogVideoX-2B ``base``), two tiers of equal size: the most similar at 0.7 -> 0.8, the
+#: authors' shipped 2B ``base``), two tiers of equal size: the most similar at 0.7 -> 0.8, the
 #: rest at 0.2 -> 0.6 (0.75 / 0.4 at ``base``; shipped: 0.8 / 0.4). ``min_score`` 0.3: a cell in the
 #: lowest 30 % of the similarity range is never reduced for Q, whatever the strength or the budget.
 DEFAULT_Q = FeaturePolicy(
@@ -234,11 +234,11 @@ class PlannerPolicy:
         )
 
 
-#: Presets are strengths of the default policy. On CogVideoX-2B-shaped statistics (the tests' Fig. 5-like
+#: Presets are strengths of the default policy. On the paper's 2B-model-shaped statistics (the tests' Fig. 5-like
 #: maps, 50 steps, cache 4) they predict about 1.14-1.17x (base; the paper's "Ours" is 12.000 / 10.342 =
 #: 1.160x in FLOPs, 1.13x in latency) and 1.18-1.21x (fast; "Ours-fast" 12.000 / 9.976 = 1.203x) FLOPs
 #: speedup. base reduces Q in 27 % of the cells (mean rate 0.17, at 0.75 / 0.4) and K/V in 36 % (mean
-#: 0.10), against the authors' shipped CogVideoX-2B base: Q 27 % (0.18, at 0.8 / 0.4), V 30 % (0.09, at
+#: 0.10), against the authors' shipped 2B base: Q 27 % (0.18, at 0.8 / 0.4), V 30 % (0.09, at
 #: 0.3). See docs/planner.md.
 PRESETS: dict[str, PlannerPolicy] = {
     "base": PlannerPolicy(strength=0.5),

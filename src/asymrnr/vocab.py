@@ -49,7 +49,7 @@ def num_destinations(grid: Iterable[int], stride: Iterable[int]) -> int:
 
 
 def rate_ceiling(grid: Iterable[int], stride: Iterable[int]) -> float:
-    """The largest rate the matching can realise, ``N_src / N`` (0.887 on CogVideoX's 13x30x45 grid at (2,2,2)).
+    """The largest rate the matching can realise, ``N_src / N`` (0.887 on a 13x30x45 grid at (2,2,2)).
 
     A grid smaller than one window on some axis has no destination and a ceiling of 0.
     """

@@ -16,7 +16,9 @@ from ..errors import AsymRnRError
 from .base import ArchAdapter, class_name
 
 #: Adapter modules, imported on first use (each is torch-free at import).
-_MODULES = ("cogvideox", "wan")
+_MODULES = ("cogvideox", "wan", "hunyuanvideo", "ltx", "mochi")
+#: The one family version-1 schedule and statistics files described (they predate ``model.family``).
+VERSION_1_FAMILY = "cogvideox"
 _ADAPTERS: dict[str, ArchAdapter] = {}
 
 

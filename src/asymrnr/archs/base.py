@@ -68,9 +68,16 @@ class GenerationRules:
     size_multiple: int
     frames_step: int
     frames_offset: int = 1
+    #: ``(height, width)`` in pixels when the model generates that size only (CogVideoX-5B-I2V's learned
+    #: positional embeddings); ``None``: any valid size.
+    fixed_size: tuple[int, int] | None = None
 
     def check(self, height: int, width: int, num_frames: int) -> str | None:
         """A message saying what is wrong with this size (``None`` when it is valid)."""
+        if self.fixed_size is not None and (height, width) != tuple(self.fixed_size):
+            fh, fw = self.fixed_size
+            return (f"this model generates {fh}x{fw} only (its positional embeddings are learned for that size), "
+                    f"got {height}x{width}")
         if height % self.size_multiple or width % self.size_multiple:
             return (f"height and width must be multiples of {self.size_multiple} (VAE {self.vae_spatial} x "
                     f"patch), got {height}x{width}")
@@ -138,26 +145,54 @@ class ArchAdapter:
         """The model description of ``transformer`` at ``latent_grid`` (default: its config's sample size)."""
         raise NotImplementedError
 
-    def describe_sampler(self, pipe: Any, num_steps: int) -> SamplerDescription:
-        """The sampler of ``pipe`` for ``num_steps`` steps: class, timesteps, config, components per step."""
+    def describe_sampler(self, pipe: Any, num_steps: int, *, latent_grid=None) -> SamplerDescription:
+        """The sampler of ``pipe`` for ``num_steps`` steps: class, timesteps, config, components per step.
+
+        ``latent_grid``: the token grid of the generation, for samplers whose timesteps depend on it (LTX-Video
+        shifts them by the token count); passed to :meth:`set_timesteps` when that takes ``latent_grid``. The
+        timesteps are recorded as :meth:`call_timestep` reports a transformer call's (:meth:`sampler_timestep`).
+        """
         import copy
+        import inspect
 
         scheduler = copy.deepcopy(pipe.scheduler)
-        self.set_timesteps(pipe, scheduler, num_steps)
+        extra = {}
+        if latent_grid is not None and "latent_grid" in inspect.signature(self.set_timesteps).parameters:
+            extra["latent_grid"] = tuple(int(g) for g in latent_grid)
+        self.set_timesteps(pipe, scheduler, num_steps, **extra)
         raw = scheduler.timesteps
-        timesteps = tuple(float(t) for t in (raw.tolist() if hasattr(raw, "tolist") else list(raw)))
+        raw = raw.tolist() if hasattr(raw, "tolist") else list(raw)
+        timesteps = tuple(self.sampler_timestep(float(t)) for t in raw)
         if len(timesteps) != num_steps:
             raise AsymRnRError(
                 f"{type(scheduler).__name__} yields {len(timesteps)} timesteps for num_steps={num_steps}; asymrnr "
                 "schedules need one transformer call per branch and step: use a first-order scheduler"
             )
         config = sampler_config(scheduler)
-        names, per_step = self.step_components(pipe, timesteps, scheduler)
+        names, per_step = self.step_components(pipe, tuple(float(t) for t in raw), scheduler)
         return SamplerDescription(type(scheduler).__name__, num_steps, timesteps, config, names, per_step)
 
     def set_timesteps(self, pipe: Any, scheduler: Any, num_steps: int) -> None:
         """Set the scheduler's timesteps as the family's pipeline does (some pipelines pass ``mu``)."""
         scheduler.set_timesteps(num_steps)
+
+    def call_timestep(self, inputs: Mapping[str, Any]) -> float:
+        """The timestep of one transformer call as the runtime compares it, from its bound arguments.
+
+        It must fall over a generation (the step tracker starts a new generation when it goes up) and equal
+        the timesteps :meth:`describe_sampler` records. Default: the largest entry of ``timestep`` (Wan 2.2
+        TI2V passes one per token); families whose transformer gets reversed timesteps (Mochi) flip it.
+        """
+        timestep = inputs.get("timestep")
+        if timestep is None:
+            return 0.0
+        import torch
+
+        return float(torch.as_tensor(timestep).detach().max())
+
+    def sampler_timestep(self, t: float) -> float:
+        """A timestep of the scheduler (``scheduler.timesteps``) as :meth:`call_timestep` reports it."""
+        return t
 
     def step_components(self, pipe: Any, timesteps, scheduler) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
         """The transformer components of ``pipe`` and which runs each step (``None``: the first, always)."""

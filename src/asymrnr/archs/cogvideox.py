@@ -10,6 +10,10 @@ Facts (diffusers ``transformer_cogvideox.py`` / ``attention_processor.CogVideoXA
   (1.5 pads the latent frames to a multiple of ``patch_size_t``), flattened frame-major.
 * CFG is batched: one call per step inside ``cache_context("cond_uncond")``, uncond half first.
 * VAE: 8x spatial, 4x temporal; valid generations are ``16 * k`` pixels and ``4k + 1`` frames.
+* Image-to-video (``CogVideoXImageToVideoPipeline``): the transformer takes the noise and image latents
+  concatenated on the channel axis of ``[B, F, C, H, W]`` (the grid is unchanged) and the RoPE tables from
+  the pipeline, so the processor is the same. 5B-I2V's learned positional embeddings pin the size to the
+  transformer's sample size (:meth:`CogVideoXAdapter.generation_rules` says so before generating).
 """
 
 from __future__ import annotations
@@ -66,7 +70,15 @@ class CogVideoXAdapter(ArchAdapter):
         return BlockTerms(self_tokens=s, proj_per_token=4 * 2 * c * c, fixed={"mlp": 2 * 2 * s * c * model.ffn_dim})
 
     def generation_rules(self, config: Mapping[str, Any] | None = None) -> GenerationRules:
-        return GenerationRules(vae_spatial=8, vae_temporal=4, size_multiple=16, frames_step=4, frames_offset=1)
+        """``config``: the transformer's config, when known. CogVideoX-5B-I2V's learned positional embeddings
+        (``use_learned_positional_embeddings``) pin height and width to its sample size (the patch embedding
+        raises on any other), so its rules carry that fixed size."""
+        fixed = None
+        config = config or {}
+        if config.get("use_learned_positional_embeddings") and config.get("sample_height") and config.get("sample_width"):
+            fixed = (int(config["sample_height"]) * 8, int(config["sample_width"]) * 8)
+        return GenerationRules(vae_spatial=8, vae_temporal=4, size_multiple=16, frames_step=4, frames_offset=1,
+                               fixed_size=fixed)
 
     # ---- runtime ---------------------------------------------------------------------------------------
     def sites(self, transformer: Any) -> list[Site]:

@@ -15,6 +15,9 @@ Facts (diffusers ``transformer_wan.py``, ``pipeline_wan.py``):
   ``transformer_2`` after. Both have the same architecture, so one schedule table covers both, with
   ``sampler.step_transformer`` saying which expert runs each step.
 * VAE: 8x spatial (16x for Wan 2.2 TI2V-5B), 4x temporal; ``4k + 1`` frames.
+* Image-to-video (``WanImageToVideoPipeline``, Wan 2.1 I2V): self-attention is unchanged; ``attn2`` also
+  attends to the CLIP image tokens (``encoder_hidden_states_image``, 257), which the FLOPs model counts in
+  ``cross_len`` (``describe(text_len=...)`` takes the whole context of a call: text + image tokens).
 """
 
 from __future__ import annotations
@@ -47,9 +50,12 @@ class WanAdapter(ArchAdapter):
         cfg = config_of(transformer)
         if latent_grid is None:  # 480x832, 81 frames: 21 x 30 x 52 tokens
             latent_grid = (21, 30, 52)
-        cross = int(text_len if text_len is not None else WAN_TEXT_LEN)
-        if getattr(cfg, "added_kv_proj_dim", None) is not None:
-            cross += WAN_IMAGE_TOKENS
+        if text_len is not None:  # the context of a call, as call_text_len counts it (text + image tokens)
+            cross = int(text_len)
+        else:
+            cross = WAN_TEXT_LEN
+            if getattr(cfg, "added_kv_proj_dim", None) is not None:  # Wan 2.1 I2V: CLIP image tokens too
+                cross += WAN_IMAGE_TOKENS
         return ModelDescription(
             family=self.family,
             transformer_class=class_name(transformer),
@@ -74,6 +80,15 @@ class WanAdapter(ArchAdapter):
         )
         return BlockTerms(self_tokens=n, proj_per_token=4 * 2 * c * c,
                           fixed={"cross_attention": cross, "mlp": 2 * 2 * n * c * model.ffn_dim})
+
+    def call_text_len(self, inputs: Mapping[str, Any]) -> int:
+        """The cross-attention context of one call, as :meth:`describe` takes ``text_len``: the text tokens,
+        plus the image tokens Wan 2.1 I2V passes as ``encoder_hidden_states_image`` (257 real, 17 tiny)."""
+        n = super().call_text_len(inputs)
+        image = inputs.get("encoder_hidden_states_image")
+        if image is not None and hasattr(image, "shape"):
+            n += int(image.shape[1])
+        return n
 
     def generation_rules(self, config: Mapping[str, Any] | None = None) -> GenerationRules:
         spatial = int((config or {}).get("vae_spatial", 8))

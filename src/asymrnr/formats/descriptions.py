@@ -3,7 +3,7 @@
 These three records appear in both file formats (the schedule's JSON, the statistics' HDF5 attributes),
 so they live here, once. Each is a frozen dataclass validated field by field
 (:mod:`asymrnr.formats.fields`); ``from_dict`` checks the keys, the constructor checks the values.
-``upgrade_*_v1`` turn the version-1 records (CogVideoX-only: an int ``patch_size`` plus ``patch_size_t``,
+``upgrade_*_v1`` turn the version-1 records (one family only: an int ``patch_size`` plus ``patch_size_t``,
 ``text_first``) into these.
 """
 
@@ -27,14 +27,14 @@ DEFAULT_BLOCK_KIND = "block"
 class ModelDescription:
     """The transformer's shape facts (see :mod:`asymrnr.archs`: each family's adapter makes these).
 
-    ``num_blocks`` counts self-attention *sites* (one per block for every family we know; HunyuanVideo's
+    ``num_blocks`` counts self-attention *sites* (one per block for every family we know; one family's
     dual- and single-stream blocks are sites of two kinds, named in ``block_kinds``). ``text_len`` counts
     the text tokens *inside* self-attention (0 for Wan and LTX, whose text goes through a separate
     cross-attention of ``cross_len`` context tokens).
     """
 
-    family: str = spec("str", doc="the adapter's family name, e.g. cogvideox, wan")
-    transformer_class: str = spec("str", doc="diffusers class name, e.g. CogVideoXTransformer3DModel")
+    family: str = spec("str", doc="the adapter's family name (asymrnr.archs.families())")
+    transformer_class: str = spec("str", doc="the diffusers transformer class name")
     num_blocks: int = spec("int", minimum=1, maximum=100_000)
     num_heads: int = spec("int", minimum=1, maximum=100_000)
     head_dim: int = spec("int", minimum=1, maximum=100_000)
@@ -184,7 +184,7 @@ class MatchingSettings:
 
 
 # --------------------------------------------------------------------------------------------------
-# Version 1 records (CogVideoX only) -> version 2
+# Version 1 records (one family only: archs.VERSION_1_FAMILY) -> version 2
 # --------------------------------------------------------------------------------------------------
 
 V1_MODEL_KEYS = ("transformer_class", "num_blocks", "num_heads", "head_dim", "patch_size", "patch_size_t", "rope",
@@ -193,7 +193,7 @@ V1_MATCHING_KEYS = ("metric", "stride", "cache_steps", "reduce_op", "granularity
 
 
 def upgrade_model_v1(d: Any, where: str = "model") -> dict:
-    """A version-1 model record as a version-2 one (the v1 format described CogVideoX transformers only)."""
+    """A version-1 model record as a version-2 one (the v1 format described one family only)."""
     if not isinstance(d, Mapping):
         raise ScheduleFormatError(f"{where} must be a JSON object, got {type(d).__name__}")
     out = dict(d)
@@ -206,7 +206,9 @@ def upgrade_model_v1(d: Any, where: str = "model") -> dict:
     if not isinstance(text_first, bool):
         raise ScheduleFormatError(f"{where}.text_first must be true or false, {got(text_first)}")
     out["patch_size"] = [temporal, spatial, spatial]
-    out["family"] = "cogvideox"
+    from ..archs import VERSION_1_FAMILY  # the family is a fact of the adapters, not of the format
+
+    out["family"] = VERSION_1_FAMILY
     text_len = out.get("text_len")
     out["text_layout"] = ("first" if text_first else "last") if text_len else "none"
     return out

@@ -11,7 +11,7 @@ Layout of a file (version 2)::
      "rates": {"q": [[...], ...], "kv": [[...], ...], "h": [[...], ...]},   # [num_blocks][num_steps]
      "provenance": {"tool_version": "...", "created": "...Z", "notes": "...", ...}}
 
-Reading dispatches on ``version`` through :data:`READERS`; version 1 files (CogVideoX only) are upgraded
+Reading dispatches on ``version`` through :data:`READERS`; version 1 files (one family only) are upgraded
 in memory. Saving always writes :data:`FORMAT_VERSION`. The records are validated field by field by
 their dataclasses (:mod:`asymrnr.formats.fields`), once, when they are built; every error is a
 :class:`~asymrnr.errors.ScheduleFormatError` whose message names the key path (``rates.q[3][7]``) and
@@ -136,7 +136,7 @@ def _validated_rate_table(value: Any, where: str, num_blocks: int, num_steps: in
                 _fail(
                     f"{where}[{b}][{s}] (block {b}, step {s}) = {r!r} is outside [0, 1); a rate is the fraction of "
                     "all video tokens dropped: use a value in [0, 1) (0 = no reduction; the runtime also rejects "
-                    "rates above N_src/N_video, 0.862 at stride (2, 2, 2) on the 13x30x45 CogVideoX grid)"
+                    "rates above N_src/N_video, 0.887 at stride (2, 2, 2) on a 13x30x45 grid)"
                 )
             out.append(r)
         table.append(tuple(out))
@@ -411,7 +411,7 @@ class Schedule:
         """Short canonical tag, deterministic from content (never from provenance); safe in file names.
 
         ``{family}-L{blocks}-q{mean q %}-kv{mean kv %}[-h{mean h %}]-s{cache_steps}-n{num_steps}-{hash6}``,
-        e.g. ``cogvideox-L30-q18-kv09-s4-n50-1a2b3c``; ``hash6`` is the first 6 hex digits of the SHA-256
+        e.g. ``wan-L30-q18-kv09-s4-n50-1a2b3c``; ``hash6`` is the first 6 hex digits of the SHA-256
         of the canonical JSON of model, sampler, matching and rates. ``-h..`` appears only when some
         ``h`` rate is non-zero.
         """
@@ -580,7 +580,7 @@ class Schedule:
         adapter = adapter_for(transformer)
         model = adapter.describe(transformer, latent_grid=latent_grid, text_len=text_len)
         if pipe is not None:
-            sampler = adapter.describe_sampler(pipe, num_steps)
+            sampler = adapter.describe_sampler(pipe, num_steps, latent_grid=model.latent_grid)
         else:
             sampler = SamplerDescription(None, num_steps, None)
         table = lambda r: ((r,) * num_steps,) * model.num_blocks  # noqa: E731
@@ -618,10 +618,10 @@ def read_v2(d: Mapping) -> Schedule:
 
 
 def read_v1(d: Mapping) -> Schedule:
-    """A version-1 document (CogVideoX only), upgraded in memory.
+    """A version-1 document (one family only), upgraded in memory.
 
     ``model``: an int spatial ``patch_size`` plus ``patch_size_t`` become the ``(t, h, w)`` patch,
-    ``text_first`` becomes ``text_layout``, ``family`` is ``cogvideox``; ``matching.partition`` is
+    ``text_first`` becomes ``text_layout``, ``family`` is ``archs.VERSION_1_FAMILY``; ``matching.partition`` is
     ``fixed`` (version 1's one partition per block and feature); the sampler gets the version-2 defaults
     (no config, one transformer). The stored tag is checked against the version-1 tag of the content;
     ``provenance.upgraded_from`` records ``{"version": 1, "tag": <that tag>}``.

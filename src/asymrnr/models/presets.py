@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -95,7 +95,8 @@ def _wan(name, hub_id, height, width, steps, guidance, blocks, heads, descriptio
     )
 
 
-def _tiny(name: str, tiny_family: str, family: str, description: str, *, steps: int = 4) -> ModelPreset:
+def _tiny(name: str, tiny_family: str, family: str, description: str, *, steps: int = 4,
+          architecture: Mapping[str, Any] | None = None) -> ModelPreset:
     """An embedded preset of a tiny family of :mod:`asymrnr.testing` (random weights, built offline)."""
     from asymrnr.testing import tiny_family as get_tiny
 
@@ -104,6 +105,8 @@ def _tiny(name: str, tiny_family: str, family: str, description: str, *, steps: 
         name=name, family=family, hub_id=None, pipeline_class=d.pipeline_class, height=d.height, width=d.width,
         num_frames=d.num_frames, num_inference_steps=steps, guidance_scale=d.guidance_scale, dtype="float32",
         max_sequence_length=d.max_sequence_length, tiny_family=tiny_family, extra_kwargs=dict(d.extra),
+        architecture=dict(architecture or _architecture(num_blocks=2, num_heads=2, head_dim=16, patch_size_t=1,
+                                                        rope=True)),
         description=(f"embedded tiny {description} with random weights (2 blocks, 2 heads x 16), built offline; "
                      f"{d.height}x{d.width}, {d.num_frames} frames = {' x '.join(map(str, d.latent_grid))} tokens; "
                      "for tests and demos, its videos are noise"),
@@ -168,6 +171,26 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
                 ),
             ),
             ModelPreset(
+                name="cogvideox-5b-i2v",
+                family="cogvideox",
+                hub_id="THUDM/CogVideoX-5b-I2V",
+                alt_hub_ids=("zai-org/CogVideoX-5b-I2V",),
+                pipeline_class="CogVideoXImageToVideoPipeline",
+                height=480,
+                width=720,
+                num_frames=49,
+                num_inference_steps=50,
+                guidance_scale=6.0,
+                dtype="bfloat16",
+                architecture=_architecture(num_blocks=42, num_heads=48, head_dim=64, patch_size_t=1, rope=True),
+                extra_kwargs={"use_dynamic_cfg": True},
+                description=(
+                    "CogVideoX-5B image-to-video: 42 blocks, 48 heads x 64, 3D RoPE and learned positional "
+                    "embeddings (480x720 only), image latents concatenated in channels, DDIM, dynamic CFG; "
+                    "480x720, 49 frames = 13 x 30 x 45 tokens + 226 text tokens; one conditioning image per prompt"
+                ),
+            ),
+            ModelPreset(
                 name="micro-cogvideox",
                 family="cogvideox",
                 hub_id=None,
@@ -227,8 +250,64 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
                  "boundary_ratio 0.875), each 40 blocks, 40 heads x 128; 720x1280, 81 frames = 21 x 45 x 80 "
                  "tokens; guidance 4.0 / 3.0; one schedule covers both experts",
                  extra_kwargs={"guidance_scale_2": 3.0}),
+            replace(
+                _wan("wan2.1-i2v-14b-480p", "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", 480, 832, 50, 5.0, 40, 40,
+                     "Wan 2.1 image-to-video 14B at 480p: 40 blocks, 40 heads x 128, 3D RoPE, UniPC flow (shift 3); "
+                     "480x832, 81 frames = 21 x 30 x 52 tokens; cross-attention to 257 CLIP image + 512 text "
+                     "tokens, self-attention unchanged; one conditioning image per prompt (centre-cropped to "
+                     "the generation's aspect)"),
+                pipeline_class="WanImageToVideoPipeline",
+            ),
+            ModelPreset(
+                name="hunyuanvideo",
+                family="hunyuanvideo",
+                hub_id="hunyuanvideo-community/HunyuanVideo",
+                pipeline_class="HunyuanVideoPipeline",
+                height=720,
+                width=1280,
+                num_frames=129,
+                num_inference_steps=50,
+                guidance_scale=6.0,
+                dtype="bfloat16",
+                max_sequence_length=256,
+                architecture=_architecture(num_blocks=60, num_heads=24, head_dim=128, patch_size_t=1, rope=True),
+                description=(
+                    "HunyuanVideo text-to-video: 20 dual-stream + 40 single-stream blocks (60 sites), 24 heads x 128, "
+                    "3D RoPE, guidance-distilled (embedded guidance 6.0, no true CFG), FlowMatch Euler (shift 7); "
+                    "720x1280, 129 frames = 33 x 45 x 80 tokens + 256 text tokens (last, padding masked); "
+                    "the model card runs the transformer in bf16 and the rest in fp16"
+                ),
+            ),
             _tiny("tiny-wan", "wan2.1-t2v", "wan", "Wan 2.1-style pipeline"),
             _tiny("tiny-wan2.2", "wan2.2-t2v", "wan", "Wan 2.2-style two-expert pipeline"),
+            _tiny("tiny-hunyuanvideo", "hunyuanvideo", "hunyuanvideo",
+                  "HunyuanVideo-style guidance-distilled pipeline (2 blocks of each kind: dual- and single-stream)",
+                  architecture=_architecture(num_blocks=4, num_heads=2, head_dim=16, patch_size_t=1, rope=True)),
+            ModelPreset(
+                name="ltx-video", family="ltx", hub_id="Lightricks/LTX-Video", pipeline_class="LTXPipeline",
+                height=480, width=704, num_frames=161, num_inference_steps=50, guidance_scale=3.0, dtype="bfloat16",
+                max_sequence_length=128,
+                architecture=_architecture(num_blocks=28, num_heads=32, head_dim=64, patch_size_t=1, rope=True),
+                description=("LTX-Video text-to-video (0.9.x): 28 blocks, 32 heads x 64, RoPE over the whole inner "
+                             "dim, FlowMatch Euler with dynamic shift (shift_terminal 0.1); 480x704, 161 frames = "
+                             "21 x 15 x 22 tokens; text by cross-attention (128 tokens)"),
+            ),
+            ModelPreset(
+                name="mochi-1", family="mochi", hub_id="genmo/mochi-1-preview", pipeline_class="MochiPipeline",
+                height=480, width=848, num_frames=79, num_inference_steps=64, guidance_scale=4.5, dtype="bfloat16",
+                max_sequence_length=256,
+                architecture=_architecture(num_blocks=48, num_heads=24, head_dim=128, patch_size_t=1, rope=True),
+                description=("Mochi-1 preview text-to-video: 48 blocks, 24 heads x 128, joint attention with the "
+                             "valid text tokens last (up to 256), learned RoPE, FlowMatch Euler (inverted sigmas, "
+                             "linear-quadratic); 480x848, 79 frames = 14 x 30 x 53 tokens (the model card asks for 84 "
+                             "frames: the same 14 latent frames, decoded to 79)"),
+            ),
+            _tiny("tiny-ltx-video", "ltx-video", "ltx", "LTX-Video-style pipeline"),
+            _tiny("tiny-mochi", "mochi-1", "mochi", "Mochi-1-style pipeline"),
+            _tiny("tiny-cogvideox-i2v", "cogvideox-i2v", "cogvideox",
+                  "CogVideoX-5B-I2V-style image-to-video pipeline (learned positional embeddings: 64x80 only)"),
+            _tiny("tiny-wan-i2v", "wan2.1-i2v", "wan",
+                  "Wan 2.1 I2V-style image-to-video pipeline (CLIP image encoder, 17 image tokens)"),
         )
     }
 )
@@ -274,31 +353,48 @@ def check_device(device: Any) -> None:
 
 
 def load_pipeline(
-    name: str,
+    name: str | None = None,
     *,
     model_path: str | os.PathLike | None = None,
     dtype: Any = None,
     device: Any = "cpu",
 ):
-    """Load the pipeline of preset ``name`` without any network access.
+    """Load the pipeline of preset ``name``, or of the folder ``model_path``, without any network access.
 
     - ``model_path``: a diffusers pipeline folder (holding ``model_index.json``); it overrides the preset's
-      weights (the preset still gives the pipeline class and default settings).
+      weights (the preset still gives the default settings). The folder must hold the preset's pipeline
+      class and model family (an image-to-video folder under a text-to-video preset is refused, it would
+      fail inside diffusers). The command line also refuses a folder whose architecture differs from the
+      preset's (:func:`asymrnr.models.loading.check_folder_fits`).
+    - ``name=None`` with ``model_path``: the folder as it is: the pipeline class from its
+      ``model_index.json``, the family from its transformer class (unknown classes are refused, listing the
+      supported ones), ``dtype`` defaulting to that of the preset whose generation defaults it takes.
     - embedded presets (``tiny-cogvideox``): built locally and cached (:func:`asymrnr.models.tiny.load_tiny_pipeline`).
     - otherwise the local Hugging Face cache only.
 
     ``dtype`` defaults to the preset's. Raises ModelNotFoundError with a how-to-fix message when the
-    weights are not available, AsymRnRError for a bad name, dtype or device.
+    weights are not available, AsymRnRError for a bad name, folder, dtype or device.
     """
     from asymrnr.models import loading
+
+    if name is None:
+        if model_path is None:
+            raise AsymRnRError("load_pipeline needs a preset name or model_path (a diffusers pipeline folder)")
+        folder = loading.read_pipeline_folder(model_path)
+        adapter, description = loading.folder_description(folder)
+        _, base = loading.folder_preset(folder, adapter=adapter, description=description)
+        torch_dtype = loading.resolve_dtype(dtype if dtype is not None else base.dtype)
+        check_device(device)
+        return loading.load_pipeline_dir(folder.path, folder.pipeline_class, torch_dtype=torch_dtype).to(device)
 
     preset = get_preset(name)
     torch_dtype = loading.resolve_dtype(dtype if dtype is not None else preset.dtype)
     check_device(device)
 
     if model_path is not None:
-        path = loading.check_pipeline_dir(model_path, hub_id=preset.hub_id)
-        pipe = loading.load_pipeline_dir(path, preset.pipeline_class, torch_dtype=torch_dtype)
+        folder = loading.read_pipeline_folder(model_path, hub_id=preset.hub_id)
+        loading.check_folder_fits(folder, preset, architecture=False)
+        pipe = loading.load_pipeline_dir(folder.path, preset.pipeline_class, torch_dtype=torch_dtype)
     elif preset.weights_dir is not None:
         from asymrnr.micro.model import load_micro_pipeline
 

@@ -12,8 +12,13 @@ to the HDF5 file as its own run (:mod:`asymrnr.profiler.stats_format` owns the f
 removes every hook.
 
 The CFG branch comes from the pipeline's ``cache_context``: ``cond_uncond`` is one batched call (the
-uncond half first), ``cond`` / ``uncond`` are separate calls. Steps the pipeline does not run (video to
-video with ``strength < 1``) are simply not recorded: a run holds the steps that were run.
+uncond half first), ``cond`` / ``uncond`` are separate calls. A pipeline of a separate-CFG family that
+calls its transformer without any ``cache_context`` (a video-to-video pipeline of diffusers 0.42 does) makes
+its calls of one step in the order cond, then uncond: they are recorded as such.
+
+Steps the pipeline does not run (video to video with ``strength < 1``: the last ``int(N * strength)`` of
+its ``N`` timesteps) are simply not recorded: a run holds the steps that were run, with their timesteps,
+and a schedule planned from such statistics covers those steps (see :func:`asymrnr.runtime.context.check_sampler`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from .. import vocab
 from ..archs.base import sampler_config
 from ..matching import best_matches_euclidean_and_cosine, matching_features
 from ..runtime.apply import components, install, uninstall
-from ..runtime.context import Runtime
+from ..runtime.context import DEFAULT_BRANCH, Runtime
 from . import stats_format as sf
 
 logger = logging.getLogger(__name__)
@@ -83,6 +88,9 @@ class Profiler:
         self.completed_runs = 0
         self._prompts: list[str] = []
         self._seeds: list[int] = []
+        # guidance scale as the call asked for it (read when the prompts are encoded: pipelines with dynamic
+        # CFG change pipe._guidance_scale step by step)
+        self._guidance: float | None = None
         self._reset_generation()
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -136,6 +144,8 @@ class Profiler:
             per_prompt = int(kwargs.get("num_videos_per_prompt", 1) or 1)
             prompts = [prompt] if isinstance(prompt, str) or prompt is None else list(prompt)
             self._prompts = [str(p or "") for p in prompts for _ in range(per_prompt)]
+            guidance = getattr(self.pipe, "_guidance_scale", None)
+            self._guidance = float(guidance) if isinstance(guidance, (int, float)) else None
             return original(*args, **kwargs)
 
         return encode_prompt
@@ -160,6 +170,34 @@ class Profiler:
         self._text_len: int | None = None
         self._grid: tuple[int, int, int] | None = None
         self._first_rt: Runtime | None = None
+        self._call_key: tuple | None = None  # (runtime, generation, call) whose branch is _call_branch
+        self._call_branch = DEFAULT_BRANCH
+        self._bare_calls: dict[tuple[str, int], int] = {}  # (component, step) -> calls without a cache context
+
+    def _branch(self, rt: Runtime) -> str:
+        """The CFG branch of the call in flight. Calls outside any ``cache_context`` of a family whose CFG
+        runs as separate calls are, within one step, cond then uncond (a video-to-video pipeline does so)."""
+        key = (id(rt), rt.generation, rt.calls)
+        if key != self._call_key:
+            call = rt.call
+            branch = call.branch
+            if branch == DEFAULT_BRANCH and rt.adapter.cfg_mode == "separate" and self._cfg_on():
+                seen = self._bare_calls.get((rt.component, call.gen_step), 0)
+                self._bare_calls[(rt.component, call.gen_step)] = seen + 1
+                if seen >= 2:
+                    raise ValueError(
+                        f"{type(self.pipe).__name__} called {rt.component} more than twice in one step outside any "
+                        "cache_context; asymrnr.profile cannot tell which CFG branch each call is"
+                    )
+                branch = ("cond", "uncond")[seen]
+            self._call_key, self._call_branch = key, branch
+        return self._call_branch
+
+    def _cfg_on(self) -> bool:
+        cfg = getattr(self.pipe, "do_classifier_free_guidance", None)
+        if cfg is None:
+            cfg = (getattr(self.pipe, "_guidance_scale", 1.0) or 1.0) > 1.0
+        return bool(cfg)
 
     def _layout(self, rt: Runtime) -> tuple[tuple[int, int, int], int, str, str]:
         m = rt.matching
@@ -213,7 +251,7 @@ class Profiler:
             vg[:, _OFF_COS : _OFF_COS + _SIM_LEN] = _sim_stats(c_sim, n, qlev)
             # Stability: the matching against the previous step's, on the same destinations (NaN when the
             # partitions changed: at the first step, and where partitions are redrawn per cache window).
-            key = (call.branch, block, shape)
+            key = (self._branch(rt), block, shape)
             parts = tuple(m[3] for m in members)
             prev = self._prev.get(key)
             if prev is not None and all(a is b for a, b in zip(prev[0], parts)) and prev[1].shape == e_dst.shape:
@@ -245,7 +283,7 @@ class Profiler:
 
     def _branch_rows(self, rt: Runtime, batch: int) -> list[tuple[str, slice]]:
         """Which rows of this call's batch are which CFG branch (each slice holds one row per prompt)."""
-        branch = rt.call.branch
+        branch = self._branch(rt)
         if branch in ("cond", "uncond"):
             return [(branch, slice(0, batch))]
         cfg = getattr(self.pipe, "do_classifier_free_guidance", None)
@@ -330,7 +368,8 @@ class Profiler:
         generation = {
             **rt.adapter.generation_size(pipe, rt.module, grid),
             "num_steps": len(timesteps),
-            "guidance_scale": float(getattr(pipe, "_guidance_scale", 1.0) or 1.0),
+            "guidance_scale": float(self._guidance if self._guidance is not None
+                                    else getattr(pipe, "_guidance_scale", 1.0) or 1.0),
             "scheduler_class": type(pipe.scheduler).__name__,
             "pipeline_class": type(pipe).__name__,
             "transformers": list(names),

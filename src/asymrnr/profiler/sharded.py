@@ -15,6 +15,7 @@ reset per generation), so they equal a single-process calibration's: exactly on 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,18 +117,22 @@ class RunCollector:
 
 
 def profile_one(pipe: Any, prompt: str, seed: int, settings: dict, folder: Path) -> tuple[FileSettings, RunStats]:
-    """Profile one generation into a temporary file in ``folder`` and return it as one run."""
+    """Profile one generation (``pipe(prompt=prompt, **settings)`` with a generator seeded by ``seed``) into a
+    temporary file in ``folder`` and return it as one run."""
     import torch
 
     import asymrnr
 
     from ..formats.stats.reader import load_stats
 
-    path = Path(tempfile.mkstemp(prefix="run-", suffix=".h5", dir=folder)[1])
+    fd, name = tempfile.mkstemp(prefix="run-", suffix=".h5", dir=folder)
+    os.close(fd)
+    path = Path(name)
     try:
         with asymrnr.profile(pipe, path, mode="w"):
             generator = torch.Generator(device="cpu").manual_seed(seed)
-            pipe(prompt, generator=generator, output_type="latent", **settings)
+            # by keyword: image-to-video pipelines take the image first
+            pipe(prompt=prompt, generator=generator, output_type="latent", **settings)
         stats = load_stats(path)
     finally:
         path.unlink(missing_ok=True)
@@ -144,18 +149,19 @@ def agree(ctx: RankContext, error: BaseException | None, what: str) -> None:
         raise AsymRnRError("; ".join(f"rank {r} failed {what}: {m}" for r, m in failed))
 
 
-def profile_prompts(ctx: RankContext, pipe: Any, job_runs: Sequence[tuple[str, int]], settings: dict,
-                    todo: Sequence[int], receive: Callable[[int, Any], None], *,
+def profile_prompts(ctx: RankContext, pipe: Any, job_runs: Sequence[tuple[str, int]],
+                    call_kwargs: Callable[[int], dict], todo: Sequence[int], receive: Callable[[int, Any], None], *,
                     on_round: Callable[[int], None] | None = None) -> list[int]:
-    """Every rank: profile its share of ``todo`` (indices into ``job_runs``) with ``pipe``, round by round;
-    rank 0's ``receive(j, payload)`` gets every run. Returns the indices done.
+    """Every rank: profile its share of ``todo`` (indices into ``job_runs``) with ``pipe``, round by round,
+    prompt ``j`` called with ``call_kwargs(j)``; rank 0's ``receive(j, payload)`` gets every run. Returns the
+    indices done.
 
     Raises :class:`asymrnr.distributed.RankFailed` when a rank failed (see
     :func:`~asymrnr.distributed.gather_rounds`)."""
     with tempfile.TemporaryDirectory(prefix=f"asymrnr-rank{ctx.rank}-") as folder:
         def work(j: int):
             prompt, seed = job_runs[j]
-            return profile_one(pipe, prompt, seed, settings, Path(folder))
+            return profile_one(pipe, prompt, seed, call_kwargs(j), Path(folder))
 
         return gather_rounds(ctx, list(todo), work, receive, on_round=on_round)
 

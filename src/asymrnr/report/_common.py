@@ -14,10 +14,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import AsymRnRError
+from .. import vocab
 
 #: Statistics features and metrics in page order (the contract's order; see docs/architecture.md).
-STAT_FEATURES: tuple[str, ...] = ("h", "q", "k", "v")
-STAT_METRICS: tuple[str, ...] = ("euclidean", "cosine")
+STAT_FEATURES: tuple[str, ...] = vocab.STAT_FEATURES
+STAT_METRICS: tuple[str, ...] = vocab.STAT_METRICS
 FEATURE_LABELS = {"h": "H", "q": "Q", "k": "K", "v": "V", "kv": "KV"}
 METRIC_LABELS = {"euclidean": "Euclidean", "cosine": "cosine"}
 METRIC_MEANINGS = {
@@ -288,6 +289,51 @@ def resolve_block_groups(block_groups: Any, num_blocks: int) -> list[Group]:
     return groups
 
 
+def block_kind_spans(model: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """``[(label, blocks), ...]``: contiguous runs of blocks of one kind, for a model with several kinds.
+
+    ``model`` is a model description or its dict (``stats.model``, ``schedule.model``); labels come from the
+    family's adapter (``block_kind_names``, e.g. ``dual`` -> ``dual-stream``), else the kind itself. Empty
+    when the model records no kinds or only one.
+    """
+    if model is None:
+        return []
+    get = model.get if isinstance(model, Mapping) else lambda key, default=None: getattr(model, key, default)
+    kinds = [str(k) for k in (get("block_kinds", None) or ())]
+    if len(set(kinds)) < 2:
+        return []
+    names: Mapping = {}
+    try:
+        from .. import archs
+
+        names = archs.get(str(get("family", ""))).block_kind_names
+    except AsymRnRError:
+        pass
+    spans: list[tuple[str, list[int]]] = []
+    for b, kind in enumerate(kinds):
+        label = str(names.get(kind, kind))
+        if spans and spans[-1][0] == label and spans[-1][1][-1] == b - 1:
+            spans[-1][1].append(b)
+        else:
+            spans.append((label, [b]))
+    return [(label, tuple(idx)) for label, idx in spans]
+
+
+def block_kinds_text(model: Any) -> str | None:
+    """``dual-stream: blocks 0–19 · single-stream: blocks 20–59`` (``None`` for one kind of block)."""
+    spans = block_kind_spans(model)
+    return " · ".join(f"{label}: {span_label(idx)}" for label, idx in spans) if spans else None
+
+
+def block_axis_title(model: Any) -> str:
+    """Title of a block axis: ``block``, with the kinds' spans when the model has several kinds."""
+    spans = block_kind_spans(model)
+    if not spans:
+        return "block"
+    parts = ", ".join(f"{label} {idx[0]}–{idx[-1]}" if len(idx) > 1 else f"{label} {idx[0]}" for label, idx in spans)
+    return f"block ({parts})"
+
+
 def step_groups(num_steps: int, max_groups: int) -> list[Group]:
     """Contiguous step groups (at most ``max_groups``), named ``steps 0-4``."""
     return [Group(span_label(c, "steps"), c) for c in split_evenly(num_steps, max_groups)]
@@ -295,8 +341,7 @@ def step_groups(num_steps: int, max_groups: int) -> list[Group]:
 
 def recompute_steps(num_steps: int, cache_steps: int) -> list[int]:
     """Steps at which the matching cache recomputes: ``k % cache_steps == 0``."""
-    cs = max(1, int(cache_steps))
-    return [k for k in range(int(num_steps)) if k % cs == 0]
+    return [k for k in range(int(num_steps)) if vocab.is_recompute_step(k, cache_steps)]
 
 
 # --------------------------------------------------------------------------------------------------

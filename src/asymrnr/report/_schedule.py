@@ -23,12 +23,14 @@ from ._common import (
     METRIC_LABELS,
     RATE_COLORSCALE,
     base_layout,
+    block_axis_title,
     f32,
     index_axis,
     int_dtick,
     recompute_steps,
 )
 from ._stability import cache_window_shapes
+from .. import vocab
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class ScheduleInfo:
     flops_error: str | None = None
     similarity: dict = field(default_factory=dict)  # schedule feature -> (stat feature, metric, [B, S])
     notes: list = field(default_factory=list)
+    block_title: str = "block"  # the block axis' title (names the block kinds of models with several)
 
 
 def compute_flops(schedule: Any) -> tuple[FlopsSummary | None, str | None]:
@@ -96,7 +99,7 @@ def compute_flops(schedule: Any) -> tuple[FlopsSummary | None, str | None]:
 
 def _get_schedule_info(schedule: Any, stats: Any = None, similarity_info: Any = None, flops: tuple | None = None) -> ScheduleInfo:
     rates = {f: np.asarray(schedule.rates[f], dtype=np.float64).reshape(schedule.num_blocks, schedule.num_steps)
-             for f in ("q", "kv", "h")}
+             for f in vocab.SCHEDULE_FEATURES}
     shown = ("q", "kv") + (("h",) if np.any(rates["h"] > 0) else ())
     ts = schedule.sampler.timesteps
     info = ScheduleInfo(
@@ -110,6 +113,7 @@ def _get_schedule_info(schedule: Any, stats: Any = None, similarity_info: Any = 
         metric=schedule.matching.metric,
         cache_steps=int(schedule.matching.cache_steps),
         recompute=recompute_steps(schedule.num_steps, schedule.matching.cache_steps),
+        block_title=block_axis_title(schedule.model),
     )
     info.flops, info.flops_error = flops if flops is not None else compute_flops(schedule)
     if info.flops_error:
@@ -198,7 +202,7 @@ def _get_rates_plot(info: ScheduleInfo) -> go.Figure:
     fig.update_xaxes(**index_axis(S))
     fig.update_yaxes(**index_axis(B))
     fig.update_xaxes(title_text="denoising step", row=len(info.features))
-    fig.update_yaxes(title_text="block", col=1)
+    fig.update_yaxes(title_text=info.block_title, col=1)
     return fig
 
 
@@ -229,7 +233,7 @@ def _get_savings_plot(info: ScheduleInfo) -> go.Figure:
         **base_layout(
             height=320,
             margin=dict(l=60, r=30, t=40, b=50),
-            xaxis=dict(title="block", tick0=0, dtick=int_dtick(len(blocks), 30), showgrid=False),
+            xaxis=dict(title=info.block_title, tick0=0, dtick=int_dtick(len(blocks), 30), showgrid=False),
             yaxis=dict(title="predicted FLOPs saved (%)", showgrid=True, gridcolor="#eee", zeroline=True, zerolinecolor="#999"),
             bargap=0.15,
         )

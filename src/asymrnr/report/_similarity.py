@@ -24,6 +24,7 @@ from ._common import (
     METRIC_MEANINGS,
     Group,
     base_layout,
+    block_axis_title,
     cell_feature,
     empty_reason,
     f32,
@@ -77,6 +78,7 @@ class SimilarityHeatmapInfo:
     panels: dict = field(default_factory=dict)  # (metric, feature) -> SimilarityPanel | None
     missing: dict = field(default_factory=dict)  # (metric, feature) -> why it is not available
     notes: list = field(default_factory=list)
+    block_title: str = "block"  # the block axis' title (names the block kinds of models with several)
 
     @property
     def available(self) -> bool:
@@ -101,6 +103,7 @@ def _get_similarity_heatmap_info(stats: Any) -> SimilarityHeatmapInfo:
         num_steps=stats.num_steps if reason is None else 0,
         timesteps=mean_timesteps(stats) if reason is None else np.zeros(0),
         quantile_levels=np.asarray(stats.quantile_levels, dtype=np.float64),
+        block_title=block_axis_title(getattr(stats, "model", None)),
     )
     if reason is not None:
         info.notes.append(f"Similarity heatmaps not available: {reason}.")
@@ -231,7 +234,7 @@ def _get_similarity_heatmap_plot(info: SimilarityHeatmapInfo) -> go.Figure:
                 colorbar=dict(title=dict(text="standardized", side="right"), thickness=14),
             ),
             xaxis=index_axis(S, title="denoising step"),
-            yaxis=index_axis(B, title="block"),
+            yaxis=index_axis(B, title=info.block_title),
             annotations=[
                 dict(text="feature", x=0.0, y=1.055, xref="paper", yref="paper", showarrow=False, xanchor="left", yanchor="bottom"),
                 dict(text="similarity", x=0.45, y=1.055, xref="paper", yref="paper", showarrow=False, xanchor="left", yanchor="bottom"),

@@ -21,6 +21,7 @@ from ._common import (
     FEATURE_LABELS,
     HEATMAP_COLORSCALE,
     base_layout,
+    block_axis_title,
     cell_feature,
     empty_reason,
     f32,
@@ -54,6 +55,7 @@ class StabilityInfo:
     cache_steps: int | None = None
     recompute: list = field(default_factory=list)  # steps where the matching cache recomputes
     notes: list = field(default_factory=list)
+    block_title: str = "block"  # the block axis' title (names the block kinds of models with several)
 
     @property
     def available(self) -> bool:
@@ -74,6 +76,7 @@ def _get_stability_info(stats: Any, schedule: Any = None) -> StabilityInfo:
         num_steps=stats.num_steps if reason is None else 0,
         timesteps=mean_timesteps(stats) if reason is None else np.zeros(0),
         cache_steps=cache_steps_of(schedule),
+        block_title=block_axis_title(getattr(stats, "model", None)),
     )
     if reason is not None:
         info.notes.append(f"Stability not available: {reason}.")
@@ -181,7 +184,7 @@ def _get_stability_plot(info: StabilityInfo) -> go.Figure:
         )
     fig.update_xaxes(**index_axis(S, title_text="denoising step"))
     fig.update_yaxes(**index_axis(B))
-    fig.update_yaxes(title_text="block", row=1, col=1)
+    fig.update_yaxes(title_text=info.block_title, row=1, col=1)
     return fig
 
 

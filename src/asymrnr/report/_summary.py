@@ -13,7 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ._common import FEATURE_LABELS, empty_reason, timesteps_differ
+from ._common import FEATURE_LABELS, block_kinds_text, empty_reason, timesteps_differ
+from .. import vocab
 
 
 @dataclass
@@ -63,12 +64,16 @@ def _flops_text(x: float) -> str:
 def _get_summary_info(stats: Any, schedule: Any = None, flops: tuple | None = None) -> SummaryInfo:
     info = SummaryInfo()
     model = dict(stats.model or {})
+    kinds = block_kinds_text(model)
+    model.pop("block_kinds", None)  # shown as its own row, by span
     if "rope" in model:
         model["rope"] = "RoPE" if model["rope"] else "no RoPE"
     info.rows.append(("model", _describe(model, [
         ("transformer_class", "{}"), ("num_blocks", "{} blocks"), ("num_heads", "{} heads"), ("head_dim", "head dim {}"),
         ("latent_grid", "latent token grid {}"), ("text_len", "{} text tokens"), ("rope", "{}"),
     ])))
+    if kinds:
+        info.rows.append(("block kinds", kinds))
     gen = dict(stats.generation or {})
     if "height" in gen and "width" in gen:
         gen["size"] = f"{_fmt(gen.pop('height'))}\u00d7{_fmt(gen.pop('width'))} px"
@@ -114,10 +119,11 @@ def _get_summary_info(stats: Any, schedule: Any = None, flops: tuple | None = No
         ("tag", schedule.tag),
         ("made for", f"{schedule.model.transformer_class} \u00b7 {schedule.num_blocks} blocks \u00b7 latent token grid "
                      f"{_fmt(schedule.model.latent_grid)} \u00b7 {schedule.num_steps} steps"
-                     + (f" \u00b7 {schedule.sampler.scheduler_class}" if schedule.sampler.scheduler_class else "")),
+                     + (f" \u00b7 {schedule.sampler.scheduler_class}" if schedule.sampler.scheduler_class else "")
+                     + (f" \u00b7 {block_kinds_text(schedule.model)}" if block_kinds_text(schedule.model) else "")),
         ("matching", f"{m.metric} \u00b7 stride {_fmt(m.stride)} \u00b7 cache every {m.cache_steps} steps \u00b7 "
                      f"{m.reduce_op} \u00b7 {m.granularity} \u00b7 seed {m.seed}"),
-        ("mean rates", " \u00b7 ".join(f"{FEATURE_LABELS[f]} {schedule.mean_rate(f):.3f}" for f in ("q", "kv", "h"))),
+        ("mean rates", " \u00b7 ".join(f"{FEATURE_LABELS[f]} {schedule.mean_rate(f):.3f}" for f in vocab.SCHEDULE_FEATURES)),
     ]
     if fl is not None:
         info.schedule_rows += [

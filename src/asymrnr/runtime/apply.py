@@ -13,7 +13,7 @@ import logging
 import weakref
 from typing import Any
 
-from .. import archs
+from .. import archs, vocab
 from ..distributed import check_context_parallel
 from ..errors import AsymRnRError, ScheduleMismatchError
 from .context import Runtime, check_sampler
@@ -76,6 +76,8 @@ def _install_one(adapter, module: Any, name: str, pipe: Any, owner: str) -> Runt
         originals = {}
         for site in sites:
             proc = site.module.processor
+            while getattr(getattr(proc, "runtime", None), "detached", False):  # a stale processor of ours
+                proc = proc.original
             kind = type(proc).__name__
             if kind not in adapter.supported_processors:
                 raise ScheduleMismatchError(
@@ -122,6 +124,7 @@ def _uninstall_one(module: Any, owner: str) -> None:
         site.module.processor = hook.originals[site.processor_name]
     unregister(module)
     hook.runtime.end_generation()
+    hook.runtime.detached = True
 
 
 def uninstall(pipe_or_transformer: Any, owner: str) -> None:
@@ -208,7 +211,7 @@ def apply(pipe_or_transformer: Any, schedule: Any = None, *, resample_steps: boo
     rts = install(pipe_or_transformer, owner="schedule")
     for rt in rts:
         rt.set_schedule(schedule, resample_steps=resample_steps, strict_sampler=strict_sampler)
-    if all(r == 0.0 for f in ("q", "kv", "h") for row in schedule.rates[f] for r in row):
+    if all(r == 0.0 for f in vocab.SCHEDULE_FEATURES for row in schedule.rates[f] for r in row):
         logger.warning("schedule %s reduces nothing: generation will not be faster", schedule.tag)
     logger.info("applied schedule %s (%d blocks, %d steps) to %s", schedule.tag, schedule.num_blocks,
                 schedule.num_steps, ", ".join(rt.component for rt in rts))

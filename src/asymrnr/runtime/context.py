@@ -189,6 +189,9 @@ class Runtime:
         self.sites = list(sites)
         self.num_blocks = len(self.sites)
         self._pipe = weakref.ref(pipe) if pipe is not None else None
+        # set when the runtime is removed: a processor of ours that something put back afterwards (diffusers'
+        # unfuse_qkv_projections restores what fuse_qkv_projections saw) then behaves as the original
+        self.detached = False
         self.schedule = None
         self.resample_steps = False
         self.strict_sampler = True
@@ -336,9 +339,9 @@ class Runtime:
         """
         self.check_processors()
         grid = tuple(int(g) for g in self.adapter.call_grid(self.module, inputs))
-        timestep = inputs.get("timestep")
-        # the one host sync per transformer call (Wan 2.2 TI2V passes per-token timesteps: the max is t)
-        t = float(torch.as_tensor(timestep).detach().max()) if timestep is not None else 0.0
+        # the one host sync per transformer call (as the family reports it: Wan 2.2 TI2V passes per-token
+        # timesteps, the max is t; Mochi's transformer gets reversed timesteps, flipped back)
+        t = self.adapter.call_timestep(inputs)
         branch = getattr(cache_context, "name", None) or DEFAULT_BRANCH
         step_index = getattr(cache_context, "step_index", None)
         new_generation = self.steps.advance(t, step_index)
@@ -443,12 +446,25 @@ def check_sampler(schedule, scheduler, *, strict: bool = True, resample: bool = 
             raise ScheduleMismatchError(msg)
         logger.warning(msg)
     timesteps = getattr(scheduler, "timesteps", None)
-    if not resample and timesteps is not None and len(timesteps) and len(timesteps) != want.num_steps:
+    if not resample and timesteps is not None and len(timesteps) and len(timesteps) != want.num_steps \
+            and not _is_tail(want, timesteps):
         raise ScheduleMismatchError(
             f"the pipeline runs {len(timesteps)} inference steps but the schedule {schedule.tag} was made for "
             f"{want.num_steps}; run with num_inference_steps={want.num_steps}, or apply(..., resample_steps=True) "
             "to map the schedule onto the new steps by timestep"
         )
+
+
+def _is_tail(sampler, timesteps) -> bool:
+    """Whether the schedule's timesteps are the last ones of the scheduler's: video-to-video pipelines
+    (``strength < 1``) set ``N`` timesteps and run the last ``int(N * strength)``, and a schedule profiled on
+    such runs holds those (each call is then checked against them by timestep)."""
+    want = sampler.timesteps
+    if want is None or not 0 < len(want) < len(timesteps):
+        return False
+    tail = timesteps[len(timesteps) - len(want):]
+    tail = tail.tolist() if hasattr(tail, "tolist") else list(tail)
+    return all(_same(float(a), float(b)) for a, b in zip(tail, want))
 
 
 def _same(a: Any, b: Any) -> bool:

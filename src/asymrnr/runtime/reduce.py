@@ -23,6 +23,8 @@ from .context import Runtime
 def passthrough(rt: Runtime, block: int) -> bool:
     """Whether the site should call the original processor: nothing to do and nobody observing (eager only;
     under compile the reduction core decides, so the graph does not depend on the plan)."""
+    if rt.detached:
+        return True
     if torch.compiler.is_compiling():
         return False
     return rt.call is None or (rt.plans[block] is None and not rt.observers)
@@ -216,6 +218,19 @@ def _rows3(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, c))
 
 
+def input_mask(attn_mask: torch.Tensor | None, red: Reduction | None, *, text_len: int, text_layout: str,
+               num_video: int) -> torch.Tensor | None:
+    """The attention mask of a sequence whose video part SymRnR reduced (:func:`reduce_input`): key columns
+    (and query rows, when the mask has them) at the kept tokens, text columns untouched.
+
+    ``num_video`` is the video length *before* the reduction; ``None`` (no mask or no reduction) passes.
+    """
+    if attn_mask is None or red is None:
+        return attn_mask
+    keep = with_text(red.keep_idx, text_len, text_layout, num_video)
+    return _mask_cols(_mask_rows(attn_mask, keep), keep)
+
+
 @torch.compiler.disable
 def restore_input(video_out: torch.Tensor, red: Reduction) -> torch.Tensor:
     """Back to full length after SymRnR: every dropped token takes its destination's output."""
@@ -327,5 +342,5 @@ def _notify(rt, block, query, key, value, observed_input, start, num_video, head
         observer(block, feats, rt)
 
 
-__all__ = ["passthrough", "take_rows", "select_seq", "video_part", "reduction", "local_tokens", "reduce_input",
-           "restore_input", "attend"]
+__all__ = ["passthrough", "take_rows", "select_seq", "video_part", "reduction", "across_shards", "local_tokens",
+           "reduce_input", "input_mask", "restore_input", "attend"]

@@ -332,7 +332,7 @@ def _header(f: h5py.File, err: Problem, version: int, meta: dict, *, v1_model: b
 
 
 def _read_header_v1(f: h5py.File, err: Problem) -> Header:
-    """Version 1 (CogVideoX only): model v1 upgraded, one transformer, partition ``"fixed"``."""
+    """Version 1 (one family only): model v1 upgraded, one transformer, partition ``"fixed"``."""
     meta = _raw_meta(f, err)
     meta[S.ATTR_GENERATION] = S.upgrade_generation_v1(meta[S.ATTR_GENERATION])
     meta[S.ATTR_MATCHING] = upgrade_matching_v1(meta[S.ATTR_MATCHING])

@@ -439,7 +439,7 @@ def json_depth_ok(value: Any, limit: int = 32) -> bool:
 
 
 def is_v1_model(d: Mapping) -> bool:
-    """A version-1 (CogVideoX-only) model description: int ``patch_size`` + ``patch_size_t``, no ``family``."""
+    """A version-1 (one family only) model description: int ``patch_size`` + ``patch_size_t``, no ``family``."""
     return "family" not in d and ("patch_size_t" in d or "text_first" in d)
 
 

@@ -45,7 +45,7 @@ class StatsWriter:
     ``StatsWriter(path, *, model, generation, matching, branches, profiled_schedule=None,
     tool_version=None, mode="w")``:
 
-    - ``model``: ``ModelDescription`` (version 2) or its ``to_dict()``; a version-1 description (CogVideoX
+    - ``model``: ``ModelDescription`` (version 2) or its ``to_dict()``; a version-1 description (one family
       only: int ``patch_size`` plus ``patch_size_t``, ``text_first``) is upgraded.
     - ``generation``: dict of generation settings (height, width, num_frames, num_steps, guidance_scale,
       scheduler_class, pipeline_class, ...; the per-run keys prompt/seed are dropped, they are stored per
