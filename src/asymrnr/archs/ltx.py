@@ -41,6 +41,7 @@ class LTXAdapter(ArchAdapter):
     cfg_mode = "batched"
     components = ("transformer",)
     supported_processors = ("LTXVideoAttnProcessor",)
+    context_parallel = True  # diffusers' _cp_plan shards the packed video tokens; attention via dispatch_attention_fn
 
     # ---- facts -----------------------------------------------------------------------------------------
     def patch_size(self, config: Any) -> tuple[int, int, int]:
