@@ -732,9 +732,8 @@ def run_calibrate(model_name, model_path, prompts_file, num_prompts, seed, steps
                            "choose another --out")
     with process_group(ctx):
         if ctx.distributed:
-            job.device = rank_device(job.device, ctx)
-        else:
-            _resolve_device(job)
+            job.device = rank_device(job.device, ctx)  # cuda:LOCAL_RANK, or the CPU
+        _resolve_device(job)
         if not ctx.is_main:
             return _follow(job, ctx)
         _announce(job)
@@ -945,9 +944,8 @@ def profile_command(model_name, model_path, prompts_file, images_dir, num_prompt
         )
     with process_group(ctx):
         if ctx.distributed:
-            job.device = rank_device(job.device, ctx)
-        else:
-            _resolve_device(job)
+            job.device = rank_device(job.device, ctx)  # cuda:LOCAL_RANK, or the CPU
+        _resolve_device(job)
         if not ctx.is_main:
             _follow(job, ctx)
             return

@@ -270,8 +270,8 @@ def attend(rt: Runtime, block: int, query: torch.Tensor, key: torch.Tensor, valu
     n_kv = plan.n_kv if plan is not None else 0
     if rt.call is not None and rt.call.shard is not None:  # context parallelism: this shard's share
         full = num_video if restore_h is None else restore_h.restore_idx.shape[1]
-        n_q = local_tokens(rt, block, "q", n_q, full, query.device)
-        n_kv = local_tokens(rt, block, "kv", n_kv, full, query.device)
+        n_q = local_tokens(rt, block, "q", n_q, full, query.device, text_layout)
+        n_kv = local_tokens(rt, block, "kv", n_kv, full, query.device, text_layout)
     if not (n_q or n_kv):
         return attend_fn(query, key, value, attn_mask=attn_mask)
 
