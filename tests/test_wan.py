@@ -206,3 +206,23 @@ def test_profile_and_plan_on_wan22(wan22, tmp_path):
         generate(pipe, WAN22_T2V, steps=steps)
     finally:
         asymrnr.remove(pipe)
+
+
+def test_report_shows_both_experts(wan22, tmp_path):
+    from asymrnr.report import write_report
+    from asymrnr.report._common import expert_spans
+
+    pipe = wan22
+    steps = WAN22_T2V.num_inference_steps
+    with asymrnr.profile(pipe, tmp_path / "stats.h5", mode="w"):
+        generate(pipe, WAN22_T2V, steps=steps)
+    from asymrnr.profiler import load_stats
+
+    stats = load_stats(tmp_path / "stats.h5")
+    schedule = Schedule.uniform(pipe, steps, q=0.3)
+    spans = expert_spans(schedule.sampler.transformers, schedule.sampler.step_transformer)
+    assert [s[0] for s in spans] == ["transformer", "transformer_2"]
+    html = write_report(stats, tmp_path / "report.html", schedule=schedule).read_text(encoding="utf-8")
+    for name, first, last in spans:
+        assert f"{name}: steps {first}-{last}" in html  # summary row
+        assert f"{name} (steps {first}-{last})" in html  # the rates figure's annotation

@@ -334,6 +334,25 @@ def block_axis_title(model: Any) -> str:
     return f"block ({parts})"
 
 
+def expert_spans(transformers: Sequence[str] | None, step_transformer: Sequence[int] | None) -> list[tuple[str, int, int]]:
+    """Contiguous runs of steps of each transformer component, ``[(name, first, last), ...]``; empty for a
+    pipeline with one transformer (Wan 2.2 has two experts: ``transformer`` first, ``transformer_2`` after)."""
+    if not transformers or step_transformer is None or len(set(step_transformer)) < 2:
+        return []
+    spans: list[tuple[str, int, int]] = []
+    for k, idx in enumerate(step_transformer):
+        name = transformers[idx]
+        if spans and spans[-1][0] == name and spans[-1][2] == k - 1:
+            spans[-1] = (name, spans[-1][1], k)
+        else:
+            spans.append((name, k, k))
+    return spans
+
+
+def expert_spans_text(spans: Sequence[tuple[str, int, int]]) -> str | None:
+    return " \u00b7 ".join(f"{name}: steps {a}-{b}" for name, a, b in spans) or None
+
+
 def step_groups(num_steps: int, max_groups: int) -> list[Group]:
     """Contiguous step groups (at most ``max_groups``), named ``steps 0-4``."""
     return [Group(span_label(c, "steps"), c) for c in split_evenly(num_steps, max_groups)]

@@ -24,6 +24,7 @@ from ._common import (
     RATE_COLORSCALE,
     base_layout,
     block_axis_title,
+    expert_spans,
     f32,
     index_axis,
     int_dtick,
@@ -72,6 +73,7 @@ class ScheduleInfo:
     similarity: dict = field(default_factory=dict)  # schedule feature -> (stat feature, metric, [B, S])
     notes: list = field(default_factory=list)
     block_title: str = "block"  # the block axis' title (names the block kinds of models with several)
+    experts: list = field(default_factory=list)  # (transformer, first step, last step); two-expert pipelines
 
 
 def compute_flops(schedule: Any) -> tuple[FlopsSummary | None, str | None]:
@@ -114,6 +116,7 @@ def _get_schedule_info(schedule: Any, stats: Any = None, similarity_info: Any = 
         cache_steps=int(schedule.matching.cache_steps),
         recompute=recompute_steps(schedule.num_steps, schedule.matching.cache_steps),
         block_title=block_axis_title(schedule.model),
+        experts=expert_spans(schedule.sampler.transformers, schedule.sampler.step_transformer),
     )
     info.flops, info.flops_error = flops if flops is not None else compute_flops(schedule)
     if info.flops_error:
@@ -186,6 +189,15 @@ def _get_rates_plot(info: ScheduleInfo) -> go.Figure:
     shapes = cache_window_shapes(info.recompute, xrefs)
     for shape in shapes:
         shape["line"]["color"] = "rgba(90,90,90,0.6)"
+    # Two-expert pipelines (Wan 2.2): where the second transformer takes over, and who runs which steps.
+    annotations = list(fig.layout.annotations)
+    for i, (name, first, last) in enumerate(info.experts):
+        for xref in xrefs:
+            if i > 0:
+                shapes.append(dict(type="line", xref=xref, yref="paper", x0=first - 0.5, x1=first - 0.5, y0=0, y1=1,
+                                   line=dict(color="#d62728", width=2)))
+        annotations.append(dict(x=(first + last) / 2, y=1.0, xref=xrefs[-1], yref="paper", yanchor="bottom",
+                                showarrow=False, text=f"{name} (steps {first}-{last})", font=dict(color="#d62728")))
     fig.update_layout(
         **base_layout(
             height=min(1500, len(info.features) * max(260, 60 + 11 * B) + 120),
@@ -195,6 +207,7 @@ def _get_rates_plot(info: ScheduleInfo) -> go.Figure:
             coloraxis2=dict(colorscale=RATE_COLORSCALE, cmin=0.0, cmax=zmax,
                             colorbar=dict(x=1.0, thickness=12, len=0.6, title=dict(text="rate", side="right"))),
             shapes=shapes,
+            annotations=annotations,
         )
     )
     if not with_sim:

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ._common import FEATURE_LABELS, block_kinds_text, empty_reason, timesteps_differ
+from ._common import FEATURE_LABELS, block_kinds_text, empty_reason, expert_spans, expert_spans_text, timesteps_differ
 from .. import vocab
 
 
@@ -122,9 +122,12 @@ def _get_summary_info(stats: Any, schedule: Any = None, flops: tuple | None = No
                      + (f" \u00b7 {schedule.sampler.scheduler_class}" if schedule.sampler.scheduler_class else "")
                      + (f" \u00b7 {block_kinds_text(schedule.model)}" if block_kinds_text(schedule.model) else "")),
         ("matching", f"{m.metric} \u00b7 stride {_fmt(m.stride)} \u00b7 cache every {m.cache_steps} steps \u00b7 "
-                     f"{m.reduce_op} \u00b7 {m.granularity} \u00b7 seed {m.seed}"),
+                     f"{m.reduce_op} \u00b7 {m.granularity} matching \u00b7 partition {m.partition} \u00b7 seed {m.seed}"),
         ("mean rates", " \u00b7 ".join(f"{FEATURE_LABELS[f]} {schedule.mean_rate(f):.3f}" for f in vocab.SCHEDULE_FEATURES)),
     ]
+    experts = expert_spans_text(expert_spans(schedule.sampler.transformers, schedule.sampler.step_transformer))
+    if experts:
+        info.schedule_rows += [("transformers", experts)]
     if fl is not None:
         info.schedule_rows += [
             ("predicted FLOPs", f"{_flops_text(fl.reduced_total)} (dense {_flops_text(fl.dense_total)}; batch {fl.batch}, "
