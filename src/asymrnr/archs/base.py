@@ -261,6 +261,48 @@ class Site:
         return f"{self.path}.processor"
 
 
+class AsymRnRProcessor:
+    """What every family's AsymRnR processor holds: its site, the component's runtime, and the processor it
+    replaced (called untouched when the site has nothing to do, and restored by ``asymrnr.remove``)."""
+
+    def __init__(self, site: Site, runtime: Any, original: Any):
+        self.site = site
+        self.runtime = runtime
+        self.original = original
+
+
+class DispatchingProcessor(AsymRnRProcessor):
+    """A processor that attends through diffusers' ``dispatch_attention_fn``, as its upstream one does.
+
+    ``set_attention_backend`` and ``enable_parallelism`` set ``_attention_backend`` / ``_parallel_config`` on
+    whatever processor a module holds: here they are stored on the original processor, so the user's choice
+    applies to both paths and survives ``asymrnr.remove``.
+    """
+
+    @property
+    def _attention_backend(self):
+        return getattr(self.original, "_attention_backend", None)
+
+    @_attention_backend.setter
+    def _attention_backend(self, value):
+        self.original._attention_backend = value
+
+    @property
+    def _parallel_config(self):
+        return getattr(self.original, "_parallel_config", None)
+
+    @_parallel_config.setter
+    def _parallel_config(self, value):
+        self.original._parallel_config = value
+
+    def dispatch(self, query, key, value, attn_mask=None):
+        """``dispatch_attention_fn`` on ``[B, S, H, D]`` with the user's backend and parallel config."""
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        return dispatch_attention_fn(query, key, value, attn_mask=attn_mask, dropout_p=0.0, is_causal=False,
+                                     backend=self._attention_backend, parallel_config=self._parallel_config)
+
+
 def sampler_config(scheduler: Any) -> dict:
     """The scheduler config keys (of :data:`SAMPLER_CONFIG_KEYS`) that it has, as plain JSON values."""
     cfg = getattr(scheduler, "config", {}) or {}
@@ -295,6 +337,6 @@ def class_name(transformer: Any) -> str:
 
 
 __all__ = [
-    "SAMPLER_CONFIG_KEYS", "TokenLayout", "GenerationRules", "BlockTerms", "ArchAdapter", "Site", "sampler_config",
+    "AsymRnRProcessor", "DispatchingProcessor", "SAMPLER_CONFIG_KEYS", "TokenLayout", "GenerationRules", "BlockTerms", "ArchAdapter", "Site", "sampler_config",
     "config_of", "class_name", "DEFAULT_BLOCK_KIND",
 ]

@@ -22,7 +22,7 @@ import math
 from typing import Any, Mapping
 
 from ..formats.descriptions import ModelDescription
-from .base import ArchAdapter, BlockTerms, GenerationRules, Site, class_name, config_of
+from .base import ArchAdapter, AsymRnRProcessor, BlockTerms, class_name, config_of, GenerationRules, Site
 
 
 class CogVideoXAdapter(ArchAdapter):
@@ -96,7 +96,7 @@ class CogVideoXAdapter(ArchAdapter):
         return CogVideoXAsymRnRProcessor(site, runtime, original)
 
 
-class CogVideoXAsymRnRProcessor:
+class CogVideoXAsymRnRProcessor(AsymRnRProcessor):
     """AsymRnR in place of ``CogVideoXAttnProcessor2_0`` at one site.
 
     The projections, ``norm_q``/``norm_k`` and RoPE are upstream's, step for step; the attention in between
@@ -104,11 +104,6 @@ class CogVideoXAsymRnRProcessor:
     nothing to do this step (and nobody observing) calls the original processor: a zero schedule is
     bit-identical to the unpatched model.
     """
-
-    def __init__(self, site: Site, runtime: Any, original: Any):
-        self.site = site
-        self.runtime = runtime
-        self.original = original
 
     def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None):
         from ..runtime import reduce as R

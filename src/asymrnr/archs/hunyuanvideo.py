@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 from ..errors import AsymRnRError
 from ..formats.descriptions import ModelDescription
-from .base import ArchAdapter, BlockTerms, GenerationRules, Site, class_name, config_of
+from .base import ArchAdapter, BlockTerms, class_name, config_of, DispatchingProcessor, GenerationRules, Site
 
 #: Text tokens of the HunyuanVideo pipeline (``max_sequence_length``), padded and masked.
 HUNYUAN_TEXT_LEN = 256
@@ -127,7 +127,7 @@ class HunyuanVideoAdapter(ArchAdapter):
         return HunyuanVideoAsymRnRProcessor(site, runtime, original)
 
 
-class HunyuanVideoAsymRnRProcessor:
+class HunyuanVideoAsymRnRProcessor(DispatchingProcessor):
     """AsymRnR in place of ``HunyuanVideoAttnProcessor2_0`` at one site (dual- or single-stream).
 
     Q/K/V are computed as upstream computes them (projections, per-head RMSNorm, RoPE on the video part),
@@ -138,27 +138,6 @@ class HunyuanVideoAsymRnRProcessor:
     video output (after ``to_out`` in dual blocks; single blocks have no ``to_out``). A site with nothing to
     do this step calls the original processor: a zero schedule is bit-identical to the unpatched model.
     """
-
-    def __init__(self, site: Site, runtime: Any, original: Any):
-        self.site = site
-        self.runtime = runtime
-        self.original = original
-
-    @property
-    def _attention_backend(self):
-        return getattr(self.original, "_attention_backend", None)
-
-    @_attention_backend.setter
-    def _attention_backend(self, value):
-        self.original._attention_backend = value
-
-    @property
-    def _parallel_config(self):
-        return getattr(self.original, "_parallel_config", None)
-
-    @_parallel_config.setter
-    def _parallel_config(self, value):
-        self.original._parallel_config = value
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         import torch
@@ -227,14 +206,9 @@ class HunyuanVideoAsymRnRProcessor:
             value = torch.cat([value, encoder_value], dim=1)
 
         # 5. Attention: reduce Q and K/V (mask columns follow the kept keys), attend, restore
-        def attend_fn(q, k, v, attn_mask=None):
-            from diffusers.models.attention_dispatch import dispatch_attention_fn
-
-            return dispatch_attention_fn(q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=False,
-                                         backend=self._attention_backend, parallel_config=self._parallel_config)
 
         out = R.attend(rt, self.site.index, query, key, value, text_len=text_len, text_layout="last", heads_dim=2,
-                       attend_fn=attend_fn, attn_mask=attention_mask, observed_input=video_input,
+                       attend_fn=self.dispatch, attn_mask=attention_mask, observed_input=video_input,
                        restore_h=restore_h)
         out = out.flatten(2, 3).to(query.dtype)
 

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from ..errors import AsymRnRError
 from ..formats.descriptions import ModelDescription
-from .base import ArchAdapter, BlockTerms, GenerationRules, Site, class_name, config_of
+from .base import ArchAdapter, BlockTerms, class_name, config_of, DispatchingProcessor, GenerationRules, Site
 
 #: Text tokens of the LTX pipeline (``max_sequence_length``), attended by the cross-attention.
 LTX_TEXT_LEN = 128
@@ -140,7 +140,7 @@ class LTXAdapter(ArchAdapter):
         return LTXAsymRnRProcessor(site, runtime, original)
 
 
-class LTXAsymRnRProcessor:
+class LTXAsymRnRProcessor(DispatchingProcessor):
     """AsymRnR in place of ``LTXVideoAttnProcessor`` at a self-attention site (``attn1``).
 
     Projections, ``norm_q``/``norm_k`` and RoPE (on ``[B, S, H*D]``, before the heads are split) are
@@ -148,27 +148,6 @@ class LTXAsymRnRProcessor:
     via :func:`asymrnr.runtime.reduce.attend`. The original processor runs untouched when the site does
     nothing this step (or is given a cross-attention context).
     """
-
-    def __init__(self, site: Site, runtime: Any, original: Any):
-        self.site = site
-        self.runtime = runtime
-        self.original = original
-
-    @property
-    def _attention_backend(self):
-        return getattr(self.original, "_attention_backend", None)
-
-    @_attention_backend.setter
-    def _attention_backend(self, value):
-        self.original._attention_backend = value
-
-    @property
-    def _parallel_config(self):
-        return getattr(self.original, "_parallel_config", None)
-
-    @_parallel_config.setter
-    def _parallel_config(self, value):
-        self.original._parallel_config = value
 
     # LTXAttention.forward keeps only the keywords named here: the same parameters as upstream's processor.
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
@@ -201,14 +180,9 @@ class LTXAsymRnRProcessor:
         key = key.unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
 
-        def attend_fn(q, k, v, attn_mask=None):
-            from diffusers.models.attention_dispatch import dispatch_attention_fn
-
-            return dispatch_attention_fn(q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=False,
-                                         backend=self._attention_backend, parallel_config=self._parallel_config)
 
         out = R.attend(rt, index, query, key, value, text_len=0, text_layout="none", heads_dim=2,
-                       attend_fn=attend_fn, attn_mask=attention_mask, observed_input=video_input,
+                       attend_fn=self.dispatch, attn_mask=attention_mask, observed_input=video_input,
                        restore_h=restore_h)
         out = out.flatten(2, 3).to(query.dtype)
         out = attn.to_out[0](out)

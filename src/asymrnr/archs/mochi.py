@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..formats.descriptions import DEFAULT_BLOCK_KIND, ModelDescription
-from .base import ArchAdapter, BlockTerms, GenerationRules, Site, class_name, config_of
+from .base import ArchAdapter, AsymRnRProcessor, BlockTerms, class_name, config_of, GenerationRules, Site
 
 #: Token grid of the model card's generation: 480 x 848, 84 frames.
 MOCHI_DEFAULT_GRID = (14, 30, 53)
@@ -148,7 +148,7 @@ class MochiAdapter(ArchAdapter):
         return MochiAsymRnRProcessor(site, runtime, original)
 
 
-class MochiAsymRnRProcessor:
+class MochiAsymRnRProcessor(AsymRnRProcessor):
     """AsymRnR in place of ``MochiAttnProcessor2_0`` at one site.
 
     Projections, norms and RoPE are upstream's. The video Q/K/V go through
@@ -159,11 +159,6 @@ class MochiAsymRnRProcessor:
     queries to the reduced video keys and all valid text keys, and the text length may differ per sample. The
     original processor runs untouched when the site does nothing this step.
     """
-
-    def __init__(self, site: Site, runtime: Any, original: Any):
-        self.site = site
-        self.runtime = runtime
-        self.original = original
 
     def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb=None):
         import torch

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..formats.descriptions import ModelDescription
-from .base import ArchAdapter, BlockTerms, GenerationRules, Site, class_name, config_of
+from .base import ArchAdapter, BlockTerms, class_name, config_of, DispatchingProcessor, GenerationRules, Site
 
 #: Text context tokens of the Wan pipelines (``max_sequence_length``) and CLIP image tokens of Wan 2.1 I2V.
 WAN_TEXT_LEN = 512
@@ -119,7 +119,7 @@ class WanAdapter(ArchAdapter):
         return WanAsymRnRProcessor(site, runtime, original)
 
 
-class WanAsymRnRProcessor:
+class WanAsymRnRProcessor(DispatchingProcessor):
     """AsymRnR in place of ``WanAttnProcessor`` at a self-attention site (``attn1``).
 
     Projections (fused or not), ``norm_q``/``norm_k`` and RoPE are upstream's; attention goes through
@@ -127,27 +127,6 @@ class WanAsymRnRProcessor:
     config, via :func:`asymrnr.runtime.reduce.attend`. ``_attention_backend`` / ``_parallel_config`` are
     forwarded to the original processor, which runs untouched when the site does nothing this step.
     """
-
-    def __init__(self, site: Site, runtime: Any, original: Any):
-        self.site = site
-        self.runtime = runtime
-        self.original = original
-
-    @property
-    def _attention_backend(self):
-        return getattr(self.original, "_attention_backend", None)
-
-    @_attention_backend.setter
-    def _attention_backend(self, value):
-        self.original._attention_backend = value
-
-    @property
-    def _parallel_config(self):
-        return getattr(self.original, "_parallel_config", None)
-
-    @_parallel_config.setter
-    def _parallel_config(self, value):
-        self.original._parallel_config = value
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kwargs):
         from diffusers.models.transformers.transformer_wan import _get_qkv_projections
@@ -171,14 +150,9 @@ class WanAsymRnRProcessor:
             query = _apply_rotary_emb(query, *rope)
             key = _apply_rotary_emb(key, *rope)
 
-        def attend_fn(q, k, v, attn_mask=None):
-            from diffusers.models.attention_dispatch import dispatch_attention_fn
-
-            return dispatch_attention_fn(q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=False,
-                                         backend=self._attention_backend, parallel_config=self._parallel_config)
 
         out = R.attend(rt, self.site.index, query, key, value, text_len=0, text_layout="none", heads_dim=2,
-                       attend_fn=attend_fn, attn_mask=attention_mask, observed_input=video_input,
+                       attend_fn=self.dispatch, attn_mask=attention_mask, observed_input=video_input,
                        restore_h=restore_h)
         out = out.flatten(2, 3).type_as(query)
         out = attn.to_out[0](out)
