@@ -112,7 +112,36 @@ def main(argv=None) -> int:
     dense_cfg = configs[0]
     reference = [run(dense_cfg, s)[0] for s in seed_sets]
     rows, scores = [], {}
+    # Each finished configuration is appended to partial.jsonl, so that an interrupted run (or one that adds
+    # groups) resumes: a configuration is skipped when a line with its name and schedule tag was written under
+    # the same prompts, seeds and timing repeats.
+    partial = out / "partial.jsonl"
+    signature = {"variant": args.variant, "prompts": prompts, "seeds": seed_sets, "timing": args.timing,
+                 "calibration_prompts": calib}
+    done: dict[tuple, dict] = {}
+    if partial.exists():
+        for text in partial.read_text().splitlines():
+            try:
+                entry = json.loads(text)
+            except json.JSONDecodeError:  # a line cut short by an interrupt
+                continue
+            if entry.get("signature") == signature:
+                done[(entry["row"]["config"], entry["row"]["tag"])] = entry
+        print(f"resuming: {len(done)} configuration(s) already in {partial}", flush=True)
     for cfg in configs:
+        key = (cfg.name, None if cfg.schedule is None else cfg.schedule.tag)
+        if key in done and cfg is not dense_cfg:
+            rows.append(done[key]["row"])
+            scores[cfg.name] = done[key]["scores"]
+            print(line(rows[-1]) + "  (from partial.jsonl)", flush=True)
+            continue
+        same = next((r for r in rows if cfg.schedule is not None and r["tag"] == cfg.schedule.tag), None)
+        if same is not None:  # the same schedule under another name (e.g. Table 5's euclidean row): same videos
+            rows.append({**same, "config": cfg.name, "group": cfg.group, "method": cfg.method, "budget": cfg.budget,
+                         **cfg.extra})
+            scores[cfg.name] = scores[same["config"]]
+            print(line(rows[-1]) + f"  (same schedule as {same['config']})", flush=True)
+            continue
         psnr = np.zeros((len(prompts), args.seeds))
         ssim = np.zeros_like(psnr)
         correct = np.zeros_like(psnr)
@@ -150,6 +179,9 @@ def main(argv=None) -> int:
         rows.append(row)
         scores[cfg.name] = {"psnr": psnr.tolist(), "ssim": ssim.tolist(), "correct": correct.tolist()}
         print(line(row), flush=True)
+        if cfg is not dense_cfg:
+            with partial.open("a") as f:
+                f.write(json.dumps({"signature": signature, "row": row, "scores": scores[cfg.name]}) + "\n")
 
     comparisons = compare(rows, scores, budgets)
     command = "python benchmarks/quality/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
