@@ -35,6 +35,13 @@ def test_calibrate_end_to_end(calibrated):
     assert stats.prompts == read_prompts(None, 2)
     assert schedule.num_steps == 4 and schedule.sampler.scheduler_class == "CogVideoXDPMScheduler"
     np.testing.assert_allclose(schedule.sampler.timesteps, stats.timesteps[0])
+    # the model and software it was profiled with travel with the schedule
+    import diffusers
+    import torch
+
+    prov = schedule.provenance
+    assert prov["torch_version"] == torch.__version__ and prov["diffusers_version"] == diffusers.__version__
+    assert prov["dtype"] == "float32" and prov["source"] == "planner"
 
 
 def test_calibrated_schedule_applies_to_the_same_pipeline(calibrated, tiny_pipeline):

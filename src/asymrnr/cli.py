@@ -260,6 +260,7 @@ class GenerationJob:
     custom: bool = False  # --model-path without --model
     defaults_from: str | None = None  # the preset whose generation defaults a custom folder takes
     folder: Any = None  # asymrnr.models.loading.PipelineFolder of --model-path
+    environment: dict | None = None  # the loaded model and software (schedule provenance); set once loaded
 
     def runs(self) -> list[tuple[str, int]]:
         return list(zip(self.prompts, self.seeds))
@@ -542,6 +543,7 @@ def _profile_into(job: GenerationJob, todo: list[int], receive, ctx=None) -> flo
 
     Raises :class:`asymrnr.distributed.RankFailed` (on every rank) when a rank failed or was interrupted."""
     from .distributed import RankContext, sigterm_interrupts
+    from .formats.schedule import environment_provenance
     from .models.presets import load_pipeline
     from .profiler.sharded import agree, profile_prompts
 
@@ -559,6 +561,7 @@ def _profile_into(job: GenerationJob, todo: list[int], receive, ctx=None) -> flo
             pipe = load_pipeline(preset.name, model_path=job.model_path, dtype=job.dtype, device=job.device)
         _check_loaded(pipe, job)
         pipe.set_progress_bar_config(leave=False, desc="steps", disable=not ctx.is_main)
+        job.environment = environment_provenance(pipe)
     except Exception as err:  # noqa: BLE001 - the other ranks must hear of it
         error = err
     agree(ctx, error, "to load the model")
@@ -826,6 +829,8 @@ def _calibrate_locked(job: GenerationJob, out: Path, cache_steps, budget_preset,
         result = plan_schedule(stats, preset=None if target_speedup else budget_preset, target_speedup=target_speedup,
                                cache_steps=cache_steps, notes=f"asymrnr-calibrate {job.command()}")
         schedule = result.schedule
+        if job.environment:  # the model and software it was profiled with (not known when every run was resumed)
+            schedule = dataclasses.replace(schedule, provenance={**schedule.provenance, **job.environment})
         tagged = f"schedule-{schedule.tag}.json"
         schedule.save(staging / SCHEDULE_NAME)
         schedule.save(staging / tagged)
