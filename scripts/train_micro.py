@@ -70,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="end this sitting (with a checkpoint) after this much wall time; run again to resume")
     ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--export-checkpoint", action="store_true",
+                    help="write OUT from the latest checkpoint's EMA weights without training (a model still in "
+                         "training: training.json says how many of the steps are done); same options as the run")
     ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # a 1-block, 8 px model for tests
     args = ap.parse_args(argv)
     if args.out is None:
@@ -237,7 +240,7 @@ def main(argv=None) -> int:
     step = start_step
     T = sched.config.num_train_timesteps
     try:
-        while step < args.steps:
+        while step < args.steps and not args.export_checkpoint:
             idx = rng.integers(0, len(train_attrs), size=args.batch)
             vids, _ = D.render_batch([train_attrs[i] for i in idx], seed=int(rng.integers(0, 2**31 - 1)),
                                      frames_idx=keyframes, spec=spec)
@@ -284,7 +287,7 @@ def main(argv=None) -> int:
                     for n, v in m_.state_dict().items():
                         if v.dtype.is_floating_point:
                             ema[k][n].mul_(d).add_(v.detach(), alpha=1 - d)
-            losses.append(float(err.mean()))
+            losses.append(float(err.detach().mean()))
             step += 1
             if step % args.log_every == 0:
                 el = time.time() - t_loop
@@ -307,7 +310,13 @@ def main(argv=None) -> int:
         for s, h in old_handlers.items():
             signal.signal(s, h)
 
-    final = snapshot(step)
+    if args.export_checkpoint:
+        if state is None:
+            raise SystemExit(f"error: no checkpoint in {args.ckpt_dir}; --export-checkpoint writes a started run's "
+                             "latest state (run the training command first)")
+        final = state  # its sittings, unchanged: exporting trains nothing
+    else:
+        final = snapshot(step)
     for k, m_ in trained.items():
         m_.load_state_dict(ema[k])
         m_.eval()
@@ -321,7 +330,8 @@ def main(argv=None) -> int:
         pipe.save_pretrained(tmp, safe_serialization=True)
     info = {
         "variant": args.variant, "video": {"height": spec.height, "width": spec.width, "num_frames": spec.num_frames},
-        "options": options, "steps": step, "scaling_factor": scaling, "trained_parameters": n_params,
+        "options": options, "steps": step, "in_progress": step < args.steps, "scaling_factor": scaling,
+        "trained_parameters": n_params,
         "final_loss_last100": float(np.mean(losses[-100:])),
         "cpu_minutes": round(sum(s["cpu_s"] for s in final["sittings"]) / 60, 2),
         "wall_minutes": round(sum(s["wall_s"] for s in final["sittings"]) / 60, 2),
@@ -333,8 +343,9 @@ def main(argv=None) -> int:
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    ckpts.save(final)  # running the same command again rewrites OUT from this state
-    print(f"saved {out} after {step} steps; final loss {info['final_loss_last100']:.4f}; "
+    if not args.export_checkpoint:
+        ckpts.save(final)  # running the same command again rewrites OUT from this state
+    print(f"saved {out} after {step} of {args.steps} steps; final loss {info['final_loss_last100']:.4f}; "
           f"{info['cpu_minutes']} CPU-min over {len(final['sittings'])} sitting(s)", flush=True)
     return 0
 
