@@ -26,6 +26,7 @@ from diffusers import (
 import asymrnr
 from asymrnr.runtime import installed
 from asymrnr.runtime.hook import find_hook
+from asymrnr.runtime.uniform import uniform_schedule
 from asymrnr.testing import WAN_T2V, load_tiny_wan_pipeline
 from asymrnr.testing.recorder import record_attention
 
@@ -194,3 +195,40 @@ def test_a_skipped_recompute_step_matches_at_the_next_call_that_runs(pipe_of):
     windows = math.ceil(STEPS / 2)
     assert sorted(s for s, b, f in log if b == 0 and f == "q") == [2 * w for w in range(windows)]
     assert [(s, f) for s, b, f in log if b == 1] == [(0, "q"), (0, "kv")]
+
+
+def _bench_caches():
+    """``benchmarks/quality/caches.py`` (the quality benchmark's FirstBlockCache accounting), by path."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quality" / "caches.py"
+    spec = importlib.util.spec_from_file_location("bench_quality_caches", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_counts_the_steps_first_block_cache_ran_and_their_flops(pipe_of):
+    from asymrnr.flops import schedule_flops
+
+    K = _bench_caches()
+    pipe = pipe_of("cogvideox")
+    schedule = uniform_schedule(pipe, q=Q, kv=KV, num_inference_steps=STEPS)
+    dense = schedule.with_rates(q=[[0.0] * STEPS] * 2, kv=[[0.0] * STEPS] * 2)
+    report = schedule_flops(schedule)
+    # every step computed: the schedule's own FLOPs; none: the first block's only
+    assert K.cost(report, [1.0] * STEPS) == pytest.approx(report.reduced_total)
+    assert K.cost(report, [0.0] * STEPS) == pytest.approx(report.per_block_reduced[0])
+    assert K.speedup(None, None, dense) == pytest.approx(1.0)
+    # FBC (threshold 10) runs the whole transformer at step 0 only, in each of two generations
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=10.0))
+    last = pipe.transformer.transformer_blocks[-1].attn1
+    with K.ComputedSteps(pipe.transformer, last, STEPS) as counted:
+        generate(pipe, "cogvideox")
+        generate(pipe, "cogvideox")
+    assert counted.fraction() == [1.0] + [0.0] * (STEPS - 1)
+    per_step_dense = schedule_flops(dense).per_step_dense[0]
+    block0 = schedule_flops(dense).per_block_dense[0] / STEPS
+    want = STEPS * per_step_dense / (per_step_dense + (STEPS - 1) * block0)
+    assert K.speedup(None, counted.fraction(), dense) == pytest.approx(want)
