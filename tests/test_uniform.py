@@ -60,7 +60,7 @@ def test_cogvideox_one_line_reduces_zero_is_dense_and_remove_restores(tiny_pipel
     ref = cog_generate(pipe)
     try:
         rt = asymrnr.uniform(pipe, q=0.0, kv=0.0)
-        assert rt.schedule.provenance["source"] == "uniform"
+        assert rt.schedule.provenance["source"] == "asymrnr.uniform"
         assert torch.equal(cog_generate(pipe), ref)  # a zero rate calls the original processors
         # the schedule records the pipeline's default step count (50); a 3-step generation still runs
         rt = asymrnr.apply(pipe, q=0.5, kv=0.3)
@@ -183,3 +183,27 @@ def test_height_without_a_pipeline_is_a_clear_error(tiny_transformer_factory):
         uniform_schedule(tiny_transformer_factory("5b"), q=0.3, height=64)
     with pytest.raises(TypeError, match="together with a schedule"):
         asymrnr.apply(tiny_transformer_factory("5b"), uniform_schedule(tiny_transformer_factory("5b")), q=0.3)
+
+
+def test_another_size_does_not_warn_and_a_new_scheduler_says_to_apply_again(tiny_pipeline, caplog):
+    import logging
+
+    from diffusers import CogVideoXDDIMScheduler
+
+    from asymrnr.errors import ScheduleMismatchError
+
+    pipe = tiny_pipeline
+    original = pipe.scheduler
+    asymrnr.uniform(pipe, q=0.3)
+    try:
+        with caplog.at_level(logging.WARNING, logger="asymrnr"):
+            pipe("a red square", height=48, width=64, num_inference_steps=2, output_type="latent",
+                 generator=torch.Generator().manual_seed(0))
+        # nothing was calibrated at the default size, so nothing is said about another one
+        assert not any("calibrated at token grid" in r.getMessage() for r in caplog.records)
+        pipe.scheduler = CogVideoXDDIMScheduler.from_config(original.config)
+        with pytest.raises(ScheduleMismatchError, match=r"apply it again after changing the scheduler"):
+            cog_generate(pipe, steps=2)
+    finally:
+        asymrnr.remove(pipe)
+        pipe.scheduler = original

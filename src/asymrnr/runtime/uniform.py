@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: Steps recorded for a bare transformer (no pipeline, so no sampler to ask); any step count still runs.
 BARE_TRANSFORMER_STEPS = 50
+#: ``provenance.source`` of the schedules built here.
+ONE_LINE_SOURCE = "asymrnr.uniform"
 #: Pipeline attributes holding the VAE's spatial / temporal factors, by the names diffusers' video pipelines use.
 _VAE_SPATIAL_ATTRS = ("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_spatial_scale_factor")
 _VAE_TEMPORAL_ATTRS = ("vae_scale_factor_temporal", "vae_temporal_compression_ratio", "vae_temporal_scale_factor")
@@ -178,6 +180,9 @@ def uniform_schedule(pipe_or_transformer: Any, *, q: float = 0.0, kv: float = 0.
         partition=partition, latent_grid=grid, text_len=text_len,
         notes=f"uniform: {rate_text} in every block and step (no calibration)",
     )
+    # marks the one-line schedule: the runtime then does not warn that a generation runs at another size than
+    # the "calibrated" one (nothing was calibrated), and a sampler mismatch says to apply it again
+    schedule.provenance["source"] = ONE_LINE_SOURCE
     logger.info("uniform schedule %s: %s, %d steps, token grid %s (ceiling %.4f)", schedule.tag, rate_text, steps,
                 grid, ceiling)
     return schedule
@@ -199,5 +204,5 @@ def uniform(pipe_or_transformer: Any, *, q: float = 0.0, kv: float = 0.0, h: flo
     return apply(pipe_or_transformer, q=q, kv=kv, h=h, strict_sampler=strict_sampler, **options)
 
 
-__all__ = ["uniform", "uniform_schedule", "generation_grid", "default_steps", "check_rate", "RateError",
+__all__ = ["ONE_LINE_SOURCE", "uniform", "uniform_schedule", "generation_grid", "default_steps", "check_rate", "RateError",
            "BARE_TRANSFORMER_STEPS"]
