@@ -9,8 +9,9 @@ FBC's cost is known only after running it: at each step it either runs every blo
 2. From each FBC row: ``calibrated @FBC t=<t>``, AsymRnR alone solved to that realised speedup; and
    ``FBC t=<lower> + calibrated @FBC t=<t>``, FBC at a lower threshold (:data:`FBC_PAIRS`; it skips fewer
    steps) plus a calibrated schedule solved so that the two together are *predicted* to cost the same, using
-   the steps FBC at the lower threshold computed alone. Both FBC and AsymRnR change what the first block sees, so the combination's skipped steps
-   are recorded again while it runs, and its row carries the realised speedup beside the predicted one.
+   the steps FBC at the lower threshold computed alone. Both FBC and AsymRnR change what the first block
+   sees, so the combination's skipped steps are recorded again while it runs, and its row carries the
+   realised speedup beside the predicted one.
 
 The FLOPs are those of :mod:`asymrnr.flops` (transformer blocks; the same model every other row uses), per
 (block, step) cell: a step FBC skips costs its first block only. A matching whose window starts at a skipped

@@ -115,8 +115,8 @@ def generation_grid(adapter: Any, pipe: Any, transformer: Any, *, height: int | 
     temporal = _first_attr(pipe, _VAE_TEMPORAL_ATTRS, rules.vae_temporal)
     grid = adapter.token_grid(config, size["height"], size["width"], size["num_frames"], spatial, temporal)
     if min(grid) < 1:
-        raise AsymRnRError(f"a {size['height']}x{size['width']} generation of {size['num_frames']} frames has the token "
-                           f"grid {grid}: too small for this model; use a larger size")
+        raise AsymRnRError(f"a {size['height']}x{size['width']} generation of {size['num_frames']} frames has "
+                           f"the token grid {grid}: too small for this model; use a larger size")
     return tuple(int(g) for g in grid)
 
 
@@ -149,8 +149,8 @@ def uniform_schedule(pipe_or_transformer: Any, *, q: float = 0.0, kv: float = 0.
     rates = {name: check_rate(name, value) for name, value in (("q", q), ("kv", kv), ("h", h))}
     clash = vocab.exclusive_violation(rates["h"], rates["q"], rates["kv"])
     if clash is not None:
-        raise RateError(f"h={rates['h']!r} together with {clash}={rates[clash]!r}: a uniform schedule runs either SymRnR "
-                        "(h) or AsymRnR (q/kv) in every cell, not both; set h=0 or q=kv=0")
+        raise RateError(f"h={rates['h']!r} together with {clash}={rates[clash]!r}: a uniform schedule runs either "
+                        "SymRnR (h) or AsymRnR (q/kv) in every cell, not both; set h=0 or q=kv=0")
     pipe, comps = components(pipe_or_transformer)
     transformer = comps[0][1]
     adapter = archs.adapter_for(transformer)
