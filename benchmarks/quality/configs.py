@@ -14,6 +14,8 @@ from asymrnr.flops import rate_ceiling, schedule_flops
 from asymrnr.planner import FeaturePolicy, PlannerPolicy, plan_schedule
 from asymrnr.schedule_format import Schedule
 
+import caches as K  # noqa: E402  (benchmarks/quality/caches.py)
+
 #: A feature policy that reduces nothing (for the planner's one-feature rows of Table 2).
 OFF = FeaturePolicy(fraction=(0.0, 0.0), tier_edges=(1.0,), tier_rates=((0.0, 0.0),), max_rate=0.0)
 
@@ -107,4 +109,49 @@ def build(pipe, stats, steps: int, budgets: list[float], groups: set[str]) -> li
                               reached=ok, extra={"metric": metric}))
         out.append(Config(f"T5 euclidean mean @{mid:g}", "table5", "metric", mid, with_matching(s, reduce_op="mean"),
                           reached=ok, extra={"metric": "euclidean, mean"}))
+    if "caches" in groups:  # phase 1 of the caches group: FirstBlockCache alone (its cost is known after running)
+        for t in cache_thresholds():
+            out.append(Config(f"FBC t={t:g}", "caches", "FirstBlockCache", None, cache=K.fbc_config(t),
+                              extra={"cache": f"FirstBlockCache(threshold={t:g})"}))
+    return out
+
+
+def cache_thresholds() -> list[float]:
+    """Every FBC threshold the caches group runs alone: both of each pair of ``caches.FBC_PAIRS``."""
+    return sorted({t for pair in K.FBC_PAIRS for t in pair})
+
+
+def dense_like(schedule: Schedule) -> Schedule:
+    """``schedule`` with every rate 0 (the FLOPs of a dense generation of the same model, grid and steps)."""
+    zeros = [[0.0] * schedule.num_steps for _ in range(schedule.num_blocks)]
+    return schedule.with_rates(q=zeros, kv=zeros, h=zeros)
+
+
+def cache_followups(stats, rows: list[dict]) -> list[Config]:
+    """Phase 2 of the caches group, from the finished ``FBC t=`` rows (``rows``, with ``computed_steps``):
+    calibrated AsymRnR alone at each FBC's realised speedup, and FBC at a lower threshold plus a calibrated
+    schedule predicted to cost the same together (see ``caches.py``)."""
+    by_name = {r["config"]: r for r in rows}
+    dense = dense_like(calibrated(stats, 1.05)[0])
+    out = []
+    for top, low in K.FBC_PAIRS:
+        target_row, low_row = by_name.get(f"FBC t={top:g}"), by_name.get(f"FBC t={low:g}")
+        if target_row is None:
+            continue
+        target = target_row["realised_speedup"]
+        label = f"@FBC t={top:g}"
+        if target > 1.0 + 1e-9:
+            s, ok = calibrated(stats, target)
+            out.append(Config(f"calibrated {label}", "caches", "AsymRnR calibrated", target, s, reached=ok,
+                              extra={"matched_to": target_row["config"]}))
+        if low_row is None:
+            continue
+        s, ok, predicted = K.solve_combined(stats, target, low_row["computed_steps"], dense)
+        if s is None:
+            continue  # FBC at the lower threshold already reaches the target alone
+        out.append(Config(f"FBC t={low:g} + calibrated {label}", "caches", "FirstBlockCache + AsymRnR", target, s,
+                          cache=K.fbc_config(low), reached=ok,
+                          extra={"cache": f"FirstBlockCache(threshold={low:g})", "matched_to": target_row["config"],
+                                 "combined_predicted_speedup": predicted,
+                                 "asymrnr_alone_speedup": schedule_flops(s).predicted_speedup}))
     return out

@@ -17,6 +17,9 @@ the calibrated schedule (the planner's default policy; profiled on ``--calib-pro
 uniform AsymRnR (q = kv), ToMe / SymRnR (uniform h), the calibrated schedule with joint matching and with a
 fixed partition; paper Table 2 (Q only, V only; uniform and scheduled); Table 4 (cache steps 1-5) and
 Table 5 (metric, reduction op) at the middle budget. Also the predicted saving of attention FLOPs.
+``--groups ...,caches`` adds diffusers' FirstBlockCache alone, calibrated AsymRnR alone and both at matched
+cost, in two phases (the cache's cost is known only once it ran; ``caches.py``); its rows record both the
+predicted and the realised FLOPs speedup.
 
 ``--timing R``: measured speed. Before each configuration, dense and the configuration generate the first
 seed's batch alternately R times (paired: the CPU's speed drifts by tens of percent within minutes); the
@@ -29,6 +32,7 @@ beside it) and the calibration's ``stats.h5`` into ``--out``, and prints the tab
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -39,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import caches as K  # noqa: E402
 import configs as C  # noqa: E402
 import stats as S  # noqa: E402
 
@@ -98,16 +103,25 @@ def main(argv=None) -> int:
         configs = [c for c in configs if c.name == "dense" or any(w in c.name for w in wanted)]
     print(f"{len(configs)} configurations; calibration {profile_s:.1f} s", flush=True)
 
-    def run(config, seeds):
+    def run(config, seeds, recorder=None):
         if config.schedule is not None:
             asymrnr.apply(pipe, config.schedule)
+        if config.cache is not None:
+            pipe.transformer.enable_cache(config.cache)
         try:
             t = time.perf_counter()
-            videos = generate(pipe, prompts, seeds, settings, batch=args.batch)
+            with recorder if recorder is not None else contextlib.nullcontext():
+                videos = generate(pipe, prompts, seeds, settings, batch=args.batch)
             return videos, time.perf_counter() - t
         finally:
+            if config.cache is not None:
+                pipe.transformer.disable_cache()
             if config.schedule is not None:
                 asymrnr.remove(pipe)
+
+    from asymrnr import archs
+
+    last_site = archs.adapter_for(pipe).sites(pipe.transformer)[-1].module
 
     dense_cfg = configs[0]
     reference = [run(dense_cfg, s)[0] for s in seed_sets]
@@ -128,26 +142,29 @@ def main(argv=None) -> int:
             if entry.get("signature") == signature:
                 done[(entry["row"]["config"], entry["row"]["tag"])] = entry
         print(f"resuming: {len(done)} configuration(s) already in {partial}", flush=True)
-    for cfg in configs:
+    def evaluate(cfg):
         key = (cfg.name, None if cfg.schedule is None else cfg.schedule.tag)
         if key in done and cfg is not dense_cfg:
             rows.append(done[key]["row"])
             scores[cfg.name] = done[key]["scores"]
             print(line(rows[-1]) + "  (from partial.jsonl)", flush=True)
-            continue
-        same = next((r for r in rows if cfg.schedule is not None and r["tag"] == cfg.schedule.tag), None)
+            return
+        same = next((r for r in rows if cfg.schedule is not None and cfg.cache is None and r.get("cache") is None
+                     and r["tag"] == cfg.schedule.tag), None)
         if same is not None:  # the same schedule under another name (e.g. Table 5's euclidean row): same videos
             rows.append({**same, "config": cfg.name, "group": cfg.group, "method": cfg.method, "budget": cfg.budget,
                          **cfg.extra})
             scores[cfg.name] = scores[same["config"]]
             print(line(rows[-1]) + f"  (same schedule as {same['config']})", flush=True)
-            continue
+            return
         psnr = np.zeros((len(prompts), args.seeds))
         ssim = np.zeros_like(psnr)
         correct = np.zeros_like(psnr)
         walls = []
+        # with a step cache: which steps ran the whole transformer, for its realised FLOPs (caches.py)
+        recorder = K.ComputedSteps(pipe.transformer, last_site, steps) if cfg.cache is not None else None
         for r, seeds in enumerate(seed_sets):
-            videos, wall = (reference[r], float("nan")) if cfg is dense_cfg else run(cfg, seeds)
+            videos, wall = (reference[r], float("nan")) if cfg is dense_cfg else run(cfg, seeds, recorder)
             walls.append(wall)
             psnr[:, r] = psnr_frames(videos, reference[r]).mean(-1)
             ssim[:, r] = ssim_frames(videos, reference[r]).mean(-1)
@@ -176,12 +193,36 @@ def main(argv=None) -> int:
                        metric=sch.matching.metric, reduce_op=sch.matching.reduce_op,
                        cache_steps=sch.matching.cache_steps, granularity=sch.matching.granularity,
                        partition=sch.matching.partition)
+        if cfg.group == "caches":
+            # predicted: what the configuration was solved for (FBC alone: known only once run, so its realised
+            # cost); realised: the FLOPs of the steps that actually ran (FBC skips decided during generation)
+            computed = recorder.fraction() if recorder is not None else None
+            flops_of = cfg.schedule if cfg.schedule is not None else dense_cost_schedule
+            realised = K.speedup(flops_of, computed, dense_cost_schedule)
+            row.update(computed_steps=computed, realised_speedup=realised,
+                       skipped_steps=None if computed is None else float(steps - sum(computed)))
+            if cfg.schedule is None:
+                row["predicted_speedup"] = realised
+            elif "combined_predicted_speedup" in cfg.extra:
+                row["predicted_speedup"] = cfg.extra["combined_predicted_speedup"]
         rows.append(row)
         scores[cfg.name] = {"psnr": psnr.tolist(), "ssim": ssim.tolist(), "correct": correct.tolist()}
         print(line(row), flush=True)
         if cfg is not dense_cfg:
             with partial.open("a") as f:
                 f.write(json.dumps({"signature": signature, "row": row, "scores": scores[cfg.name]}) + "\n")
+
+    groups = set(args.groups.split(","))
+    dense_cost_schedule = C.dense_like(C.calibrated(stats, 1.05)[0]) if "caches" in groups else None
+    for cfg in configs:
+        evaluate(cfg)
+    if "caches" in groups:  # phase 2: solved to the cost the FBC rows realised
+        followups = C.cache_followups(stats, rows)
+        if args.only:
+            followups = [c for c in followups if any(w in c.name for w in wanted)]
+        print(f"{len(followups)} configurations matched to FirstBlockCache's realised cost", flush=True)
+        for cfg in followups:
+            evaluate(cfg)
 
     comparisons = compare(rows, scores, budgets)
     command = "python benchmarks/quality/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -191,7 +232,8 @@ def main(argv=None) -> int:
         f"{args.threads} thread(s); calibration: {len(calib)} training prompts ({profile_s:.1f} s); "
         f"wall time {(time.time() - t_start) / 60:.1f} min"
     )
-    text = f"Command: `{command}`\n\n{header}\n\n{table(rows)}\n\n{comparison_table(comparisons)}\n"
+    text = (f"Command: `{command}`\n\n{header}\n\n{table(rows)}\n\n{comparison_table(comparisons)}\n"
+            f"{cache_table(rows, steps)}")
     print("\n" + text)
     (out / "table.md").write_text(text)
     (out / "results.json").write_text(json.dumps(
@@ -220,6 +262,26 @@ def table(rows: list[dict]) -> str:
         out.append(f"| {r['config']}{miss} | {rates} | {r['predicted_speedup']:.3f}x | {100 * r['attention_saved']:.0f}% | "
                    f"{meas} | {psnr} | {S.fmt(r['ssim'], 4)} | {S.fmt(r['accuracy'], 1, 100)} |")
     return "\n".join(out)
+
+
+def cache_table(rows: list[dict], steps: int) -> str:
+    """The caches group: FirstBlockCache alone, calibrated AsymRnR alone and both, predicted and realised cost."""
+    rows = [r for r in rows if r["group"] == "caches"]
+    if not rows:
+        return ""
+    out = ["", "Caches group (FirstBlockCache = FBC; predicted: the cost a row was solved for, realised: the FLOPs of "
+           "the steps that ran; FBC alone is known only once run, so its two agree):", "",
+           "| configuration | matched to | FBC steps computed | mean q / kv | predicted speedup | realised speedup | "
+           "PSNR (dB) [95% CI] | SSIM [95% CI] | checker acc. % [95% CI] |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        computed = "-" if r.get("computed_steps") is None else f"{sum(r['computed_steps']):.1f} / {steps}"
+        rates = "-" if "mean_q" not in r else f"{r['mean_q']:.2f} / {r['mean_kv']:.2f}"
+        miss = "" if r["reached"] else " (budget not reached)"
+        out.append(f"| {r['config']}{miss} | {r.get('matched_to', '-')} | {computed} | {rates} | {r['predicted_speedup']:.3f}x | "
+                   f"{r['realised_speedup']:.3f}x | {S.fmt(r['psnr'])} | {S.fmt(r['ssim'], 4)} | "
+                   f"{S.fmt(r['accuracy'], 1, 100)} |")
+    return "\n".join(out) + "\n"
 
 
 #: (a, b) pairs compared at every budget: the paper's claims and our defaults.

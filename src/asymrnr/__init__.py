@@ -7,6 +7,8 @@ Public API (imported lazily so that reading a schedule needs neither torch nor d
     asymrnr.apply(pipe, schedule)
     video = pipe(prompt).frames
     asymrnr.remove(pipe)
+
+    asymrnr.uniform(pipe, q=0.5, kv=0.5)   # no calibration: the same rates everywhere
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ _LAZY = {
     "Schedule": ("asymrnr.schedule_format", "Schedule"),
     "apply": ("asymrnr.runtime", "apply"),
     "remove": ("asymrnr.runtime", "remove"),
+    "uniform": ("asymrnr.runtime.uniform", "uniform"),
     "profile": ("asymrnr.profiler", "profile"),
     "AsymRnRError": ("asymrnr.errors", "AsymRnRError"),
 }

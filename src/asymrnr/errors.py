@@ -13,6 +13,10 @@ class ScheduleMismatchError(AsymRnRError, ValueError):
     """A schedule does not fit the model, grid or sampler it is applied to."""
 
 
+class RateError(AsymRnRError, ValueError):
+    """A reduction rate given in code (``asymrnr.uniform(pipe, q=...)``) is not a number in ``[0, ceiling]``."""
+
+
 class StatsFormatError(AsymRnRError, ValueError):
     """A statistics file is corrupt, truncated, of an unknown version, or not ours."""
 

@@ -135,6 +135,7 @@ class FlopsReport:
         components_dense / components_reduced: totals per term (projections, attention, mlp, matching,
             gather).
         matchings: number of (block, window, feature) matchings computed in the generation.
+        per_cell_reduced: ``[B, S]`` FLOPs of each (block, step) cell with the schedule.
     """
 
     dense_total: float
@@ -150,6 +151,9 @@ class FlopsReport:
     matchings: int = 0
     batch: int = 2
     cache_steps: int = 1
+    #: ``[B, S]`` FLOPs of every (block, step) cell with the schedule (for step caches that skip blocks:
+    #: ``benchmarks/quality/caches.py``); not written by :meth:`to_dict`.
+    per_cell_reduced: np.ndarray | None = None
 
     @property
     def num_blocks(self) -> int:
@@ -344,6 +348,7 @@ def _report(sh: _Shape, cells: dict, *, batch: int, cache_steps: int, matchings:
         matchings=matchings,
         batch=int(batch),
         cache_steps=cache_steps,
+        per_cell_reduced=reduced,
     )
 
 

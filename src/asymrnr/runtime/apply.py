@@ -164,7 +164,7 @@ def check_schedule_fits(schedule: Any, module: Any, component: str = "transforme
             )
 
 
-def apply(pipe_or_transformer: Any, schedule: Any = None, *, resample_steps: bool = False,
+def apply(pipe_or_transformer: Any, schedule: Any = None, *, resample_steps: bool | None = None,
           strict_sampler: bool = True, **uniform: Any) -> Runtime:
     """Run ``schedule`` on every generation of a pipeline or transformer until :func:`remove`.
 
@@ -175,7 +175,9 @@ def apply(pipe_or_transformer: Any, schedule: Any = None, *, resample_steps: boo
     timestep. ``strict_sampler=False`` turns a sampler mismatch into a warning.
 
     Without a schedule, keyword rates build a uniform one for the pipeline's next call:
-    ``apply(pipe, q=0.5, kv=0.5, num_inference_steps=50)`` (see :func:`asymrnr.uniform`).
+    ``apply(pipe, q=0.5, kv=0.5)`` (see :func:`asymrnr.uniform`; the other keywords go to
+    :func:`asymrnr.runtime.uniform.uniform_schedule`). Its rates are the same at every step, so it is applied
+    with ``resample_steps=True`` unless told otherwise: any step count runs.
 
     Returns:
         The runtime of the (first) transformer component: its ``match_log`` and ``call`` are useful for
@@ -187,6 +189,8 @@ def apply(pipe_or_transformer: Any, schedule: Any = None, *, resample_steps: boo
         from .uniform import uniform_schedule
 
         schedule = uniform_schedule(pipe_or_transformer, **uniform)
+        if resample_steps is None:
+            resample_steps = True
     elif uniform:
         raise TypeError(f"apply() got rates {sorted(uniform)} together with a schedule; pass one or the other")
     if not isinstance(schedule, Schedule):
@@ -194,6 +198,7 @@ def apply(pipe_or_transformer: Any, schedule: Any = None, *, resample_steps: boo
             f"expected an asymrnr.Schedule, got {type(schedule).__name__}; load one with asymrnr.load_schedule(path), "
             "or pass rates: asymrnr.apply(pipe, q=0.5, kv=0.5)"
         )
+    resample_steps = bool(resample_steps)
     pipe, comps = components(pipe_or_transformer)
     wanted = set(schedule.sampler.transformers)
     for name, module in comps:

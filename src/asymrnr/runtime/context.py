@@ -285,7 +285,9 @@ class Runtime:
                             f"tokens) of stride {stride} on the token grid {grid}; lower the rate or use a smaller "
                             "stride (asymrnr never clamps rates silently)"
                         )
-        if tuple(sched.model.latent_grid) != tuple(grid) and grid not in self._warned_grids:
+        # asymrnr.uniform's schedule measured nothing at its grid, so another size loses nothing: no warning
+        uniform = (sched.provenance or {}).get("source") == "asymrnr.uniform"
+        if tuple(sched.model.latent_grid) != tuple(grid) and grid not in self._warned_grids and not uniform:
             self._warned_grids.add(grid)
             logger.warning(
                 "schedule %s was calibrated at token grid %s but this generation runs at %s: rates are "
@@ -442,6 +444,9 @@ def check_sampler(schedule, scheduler, *, strict: bool = True, resample: bool = 
                f"pipe.scheduler = {want.scheduler_class or have_class}.from_config(pipe.scheduler.config"
                f"{', ' if want.config else ''}{', '.join(f'{k}={v!r}' for k, v in list((want.config or {}).items())[:2])})), "
                "or re-calibrate with this sampler; asymrnr.apply(..., strict_sampler=False) runs anyway")
+        if (schedule.provenance or {}).get("source") == "asymrnr.uniform":
+            msg += ("; for a uniform schedule, simply apply it again after changing the scheduler "
+                    "(asymrnr.uniform(pipe, q=..., kv=...))")
         if strict:
             raise ScheduleMismatchError(msg)
         logger.warning(msg)

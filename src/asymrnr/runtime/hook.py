@@ -98,9 +98,28 @@ def register(module: torch.nn.Module, hook: AsymRnRHook) -> None:
 
 
 def unregister(module: torch.nn.Module) -> None:
+    """Remove our hook from the module's registry, keeping every hook registered after it working.
+
+    diffusers' ``HookRegistry.remove_hook`` rewires the next hook's ``forward`` to what lay beneath the removed
+    one; when that next hook replaced ``forward`` by its own ``new_forward`` (FasterCache's denoiser hook, enabled
+    after ``asymrnr.apply``), this silently drops it, and the cache stops firing. Here the next hook's
+    ``original_forward`` is rewired instead, so it keeps its ``new_forward``.
+    """
     registry = getattr(module, "_diffusers_hook", None)
-    if registry is not None:
-        registry.remove_hook(HOOK_NAME, recurse=False)
+    if registry is None or HOOK_NAME not in registry.hooks:
+        return
+    order, refs = registry._hook_order, registry._fn_refs
+    index = order.index(HOOK_NAME)
+    above = refs[index + 1] if index + 1 < len(refs) else None
+    if above is not None and above.original_forward is not None:
+        ours = refs[index]
+        above.original_forward = ours.original_forward if ours.original_forward is not None else ours.forward
+        hook = registry.hooks.pop(HOOK_NAME)
+        order.pop(index)
+        refs.pop(index)
+        hook.deinitalize_hook(module)
+        return
+    registry.remove_hook(HOOK_NAME, recurse=False)
 
 
 __all__ = ["HOOK_NAME", "AsymRnRHook", "find_hook", "register", "unregister"]
