@@ -637,6 +637,31 @@ def compare(
         raise CompareError(f"{len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
     kwargs_of = call_kwargs if callable(call_kwargs) else (lambda i, _k=dict(call_kwargs or {}): _k)
     first = dict(kwargs_of(0))
+    once = _Once()  # the runtime's per-apply warnings (e.g. "reduces nothing") once, not once per generation
+    apply_logger = logging.getLogger("asymrnr.runtime.apply")
+    apply_logger.addFilter(once)
+    try:
+        return _compare(pipe, variants, prompts, seeds, kwargs_of, first, repeats, warmup, on_video, progress, info)
+    finally:
+        apply_logger.removeFilter(once)
+
+
+class _Once(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def _compare(pipe, variants, prompts, seeds, kwargs_of, first, repeats, warmup, on_video, progress, info):
+    import torch
+
     check_variants(pipe, variants, first.get("num_inference_steps"))
 
     device = str(getattr(pipe, "device", "cpu"))
@@ -732,12 +757,12 @@ def write_video(frames: np.ndarray, path_stem: Path, fps: int = 8) -> Path:
     if video_encoder() == "mp4":
         from diffusers.utils import export_to_video
 
-        path = path_stem.with_suffix(".mp4")
+        path = path_stem.with_name(path_stem.name + ".mp4")  # not with_suffix: names hold dots (fbc-0.1)
         export_to_video([f.astype(np.float32) / 255.0 for f in frames], str(path), fps=fps)
         return path
     from PIL import Image
 
-    path = path_stem.with_suffix(".gif")
+    path = path_stem.with_name(path_stem.name + ".gif")
     images = [Image.fromarray(f) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
     return path
