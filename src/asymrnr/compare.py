@@ -404,6 +404,7 @@ class CompareResult:
             "shortfall": shortfall,
             "shortfall_fraction": shortfall / variant.predicted_speedup if shortfall is not None else None,
             "verdict": speedup_verdict(measured, variant.predicted_speedup),
+            "identical_frames": bool(q) and all(math.isinf(x) for v in q for x in v.psnr_db),
             "mean_psnr_db": mean([x.mean_psnr for x in q]),
             "min_psnr_db": float(min(x.min_psnr for x in q)) if q else None,
             "mean_ssim": mean([x.mean_ssim for x in q]),
