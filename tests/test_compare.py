@@ -242,3 +242,26 @@ def test_compare_times_with_cuda_events_on_a_gpu(tmp_path):
     assert math.isfinite(result.variants[0].quality[0].mean_psnr)
     result.save(tmp_path / "compare.json")
     assert load_compare(tmp_path / "compare.json").to_dict() == result.to_dict()
+
+
+def test_a_schedule_of_another_sampler_is_refused_before_generating(schedules, tmp_path, monkeypatch):
+    import asymrnr.compare as C
+
+    generated = []
+    monkeypatch.setattr(C, "_generate", lambda *a, **k: generated.append(a))
+    real = asymrnr.load_schedule(schedules["real"])
+    other = dataclasses.replace(real, sampler=dataclasses.replace(real.sampler,
+                                                                  scheduler_class="FlowMatchEulerDiscreteScheduler"))
+    path = other.save(tmp_path / "other-sampler.json")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["compare", "--model", "tiny-cogvideox", "--schedule", str(path), "--out", str(out)])
+    assert res.exit_code != 0 and "FlowMatchEulerDiscreteScheduler" in res.output and "sampler" in res.output
+    assert generated == []  # refused by the runtime's sampler check, before the first generation
+    assert not out.exists()  # the folder it created is gone again, no staging left
+
+
+def test_compare_has_help():
+    res = CliRunner().invoke(main, ["compare", "--help"])
+    assert res.exit_code == 0
+    for option in ("--schedule", "--cache", "--repeats", "--out", "--overwrite", "--prompts", "--seed"):
+        assert option in res.output, option

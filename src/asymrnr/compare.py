@@ -196,8 +196,8 @@ class TransformerTimer:
     its post-hook, so it encloses them).
     """
 
-    def __init__(self, modules: Sequence[Any], cuda: bool):
-        self.modules, self.cuda = list(modules), cuda
+    def __init__(self, modules: Sequence[Any], cuda: bool, device: Any = None):
+        self.modules, self.cuda, self.device = list(modules), cuda, device
         self.handles: list = []
         self._depth = 0
         self._start: tuple[float, float] | None = None
@@ -214,7 +214,7 @@ class TransformerTimer:
             import torch
 
             ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
+            ev.record(torch.cuda.current_stream(self.device))
             self._events.append([ev, None])
         else:
             self._start = (time.perf_counter(), time.process_time())
@@ -228,7 +228,7 @@ class TransformerTimer:
             import torch
 
             ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
+            ev.record(torch.cuda.current_stream(self.device))
             self._events[-1][1] = ev
         elif self._start is not None:
             wall, cpu = self._start
@@ -253,7 +253,7 @@ class TransformerTimer:
         if self.cuda:
             import torch
 
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
             self.wall_s = sum(a.elapsed_time(b) for a, b in self._events if b is not None) / 1000.0
             return self.wall_s, None
         return self.wall_s, self.cpu_s
@@ -533,9 +533,11 @@ def _takes_callback(pipe) -> bool:
         return False
 
 
-def _generate(pipe, prompt: str, seed: int, kwargs: dict, cuda: bool, memory: str | None) -> _Output:
+def _generate(pipe, prompt: str, seed: int, kwargs: dict, device: str, memory: str | None) -> _Output:
     """One timed generation (``output_type="np"``, a CPU generator seeded ``seed``)."""
     import torch
+
+    cuda = device.startswith("cuda")
 
     from .runtime.apply import components
 
@@ -550,20 +552,20 @@ def _generate(pipe, prompt: str, seed: int, kwargs: dict, cuda: bool, memory: st
         call.update(callback_on_step_end=grab, callback_on_step_end_tensor_inputs=["latents"])
     modules = [m for _, m in components(pipe)[1]]
     if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     elif memory == "process_peak_rss":
         _reset_peak_rss()
-    timer = TransformerTimer(modules, cuda)
+    timer = TransformerTimer(modules, cuda, device if cuda else None)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     with torch.no_grad(), timer:
         out = pipe(prompt=prompt, **call)
     if cuda:
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     t_wall, t_cpu = timer.finish()
     if cuda:
-        peak = int(torch.cuda.max_memory_allocated())
+        peak = int(torch.cuda.max_memory_allocated(device))
     elif memory == "process_peak_rss":
         peak = _peak_rss()
     else:
@@ -675,7 +677,7 @@ def _compare(pipe, variants, prompts, seeds, kwargs_of, first, repeats, warmup, 
     def run(config: Variant | None, i: int) -> _Output:
         nonlocal done
         with _Configured(pipe, config):
-            out = _generate(pipe, prompts[i], seeds[i], dict(kwargs_of(i)), cuda, memory)
+            out = _generate(pipe, prompts[i], seeds[i], dict(kwargs_of(i)), device, memory)
         done += 1
         if progress is not None:
             progress(done, total, "dense" if config is None else config.name)
