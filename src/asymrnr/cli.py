@@ -415,8 +415,9 @@ def _model_fact(model: dict, key: str) -> Any:
     return None
 
 
-def _check_architecture(model: dict, preset, where: str, fix: str) -> None:
-    """Refuse a file whose ``model`` facts differ from ``preset``'s (names the key and both values)."""
+def _check_architecture(model: dict, preset, where: str, fix: str, made: str = "was profiled on") -> None:
+    """Refuse a file whose ``model`` facts differ from ``preset``'s (names the key and both values; ``made``
+    says how the file relates to its model)."""
     want = {"family": preset.family, **preset.architecture}
     for key, value in want.items():
         have = _model_fact(model, key)
@@ -424,7 +425,7 @@ def _check_architecture(model: dict, preset, where: str, fix: str) -> None:
             continue  # older files do not record it
         if have != value:
             raise AsymRnRError(
-                f"{where} was profiled on a model with {key} = {have}, but {preset.name} has {key} = {value}; {fix}"
+                f"{where} {made} a model with {key} = {have}, but {preset.name} has {key} = {value}; {fix}"
             )
 
 
@@ -1230,7 +1231,8 @@ def compare_command(model_name, model_path, prompts_file, images_dir, num_prompt
                       dtype, device, images_dir)
     for f, sch in zip(schedule_files, schedules):
         _check_architecture(description_facts(sch.model), job.preset, f"the schedule {f}",
-                            f"pass a schedule calibrated for it (`asymrnr-calibrate {job.command()}`)")
+                            f"pass a schedule calibrated for it (`asymrnr-calibrate {job.command()}`)",
+                            made="was calibrated for")
     out = Path(out_dir or Path("runs") / job.preset.name / "compare")
     inputs = [prompts_file, *schedule_files]
     for name in (COMPARE_NAME, COMPARE_PAGE):
@@ -1279,9 +1281,9 @@ def _compare_locked(job: GenerationJob, variants, out: Path, repeats: int, warmu
         pipe = _load_pipeline(job)
         pipe.set_progress_bar_config(disable=True)
         writer = SampleWriter(staging / SAMPLES_DIR)
-        with click.progressbar(length=1, label="generations", show_pos=True) as bar:
+        total = (1 + len(variants)) * (int(warmup) + len(job.prompts) * repeats)
+        with click.progressbar(length=total, label="generations", show_pos=True) as bar:
             def progress(done: int, total: int, label: str) -> None:
-                bar.length = total
                 bar.update(1)
 
             result = compare(pipe, variants, job.prompts, job.seeds, job.call_kwargs, repeats=repeats, warmup=warmup,

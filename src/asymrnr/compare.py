@@ -237,9 +237,13 @@ class TransformerTimer:
             self._start = None
 
     def __enter__(self):
+        import torch
+
+        # eager even under torch.compile: host clocks and event records are no graph ops
+        pre, post = torch.compiler.disable(self._pre), torch.compiler.disable(self._post)
         for m in self.modules:
-            self.handles.append(m.register_forward_pre_hook(self._pre, prepend=True))
-            self.handles.append(m.register_forward_hook(self._post, always_call=True))
+            self.handles.append(m.register_forward_pre_hook(pre, prepend=True))
+            self.handles.append(m.register_forward_hook(post, always_call=True))
         return self
 
     def __exit__(self, *exc):
