@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .._io import atomic_write_text
+from ._common import GROUP_COLORS, base_layout
 from ._page import _figure_html, _guard, _notes_html, _section, page_html
 
 logger = logging.getLogger(__name__)
@@ -137,8 +138,9 @@ def _speed_figure(result: Any) -> go.Figure:
         fig.add_scatter(x=[v.name] * len(pairs), y=pairs, mode="markers", name="transformer, per run",
                         marker=dict(color="#1b4f72", size=6, symbol="diamond"), showlegend=v is result.variants[0])
     fig.add_hline(y=1.0, line_dash="dot", line_color="#666")
-    fig.update_layout(barmode="group", height=420, yaxis_title="speedup over dense (x)", margin=dict(t=30, b=40),
-                      legend=dict(orientation="h", y=1.08))
+    fig.update_layout(**base_layout(barmode="group", height=420, margin=dict(l=60, r=30, t=50, b=60),
+                                    legend=dict(orientation="h", y=1.12)))
+    fig.update_yaxes(title_text="speedup over dense (x)", showgrid=True, gridcolor="#eee", rangemode="tozero")
     return fig
 
 
@@ -148,7 +150,7 @@ def _quality_figure(result: Any) -> go.Figure:
     finite = [x for v in result.variants for q in v.quality for x in q.psnr_db if math.isfinite(x)]
     top = (max(finite) if finite else 40.0) + 5.0
     for n, v in enumerate(result.variants):
-        color = f"hsl({(n * 67) % 360}, 55%, 45%)"
+        color = GROUP_COLORS[n % len(GROUP_COLORS)]
         means = [q.mean_psnr for q in v.quality]
         shown = [m if math.isfinite(m) else top for m in means]
         fig.add_scatter(row=1, col=1, x=prompts, y=shown, mode="lines+markers+text", name=v.name, legendgroup=v.name,
@@ -167,7 +169,9 @@ def _quality_figure(result: Any) -> go.Figure:
                         legendgroup=v.name, showlegend=False, line=dict(color=color))
         fig.add_scatter(row=1, col=3, x=prompts, y=[q.latent_cosine for q in v.quality], mode="lines+markers",
                         legendgroup=v.name, showlegend=False, line=dict(color=color))
-    fig.update_layout(height=400, margin=dict(t=40, b=40), legend=dict(orientation="h", y=-0.15))
+    fig.update_layout(**base_layout(height=420, margin=dict(l=60, r=30, t=50, b=60),
+                                    legend=dict(orientation="h", y=-0.2)))
+    fig.update_yaxes(showgrid=True, gridcolor="#eee")
     return fig
 
 
