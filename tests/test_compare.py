@@ -265,3 +265,37 @@ def test_compare_has_help():
     assert res.exit_code == 0
     for option in ("--schedule", "--cache", "--repeats", "--out", "--overwrite", "--prompts", "--seed"):
         assert option in res.output, option
+
+
+def test_a_pipeline_with_asymrnr_or_a_cache_already_on_is_refused(tiny_pipeline):
+    zero = asymrnr.Schedule.uniform(tiny_pipeline, STEPS)
+    asymrnr.apply(tiny_pipeline, zero)
+    try:
+        with pytest.raises(CompareError, match=r"asymrnr.remove\(pipe\)"):
+            compare(tiny_pipeline, [zero], ["a"], [0], dict(num_inference_steps=STEPS))
+    finally:
+        asymrnr.remove(tiny_pipeline)
+    tiny_pipeline.transformer.enable_cache(parse_cache("fbc:0.1"))
+    try:
+        with pytest.raises(CompareError, match="disable_cache"):
+            compare(tiny_pipeline, [zero], ["a"], [0], dict(num_inference_steps=STEPS))
+    finally:
+        tiny_pipeline.transformer.disable_cache()
+
+
+def test_a_cache_variant_is_enabled_for_its_own_runs_only(tiny_pipeline):
+    torch.set_num_threads(1)
+    states = []
+    kwargs = dict(num_inference_steps=STEPS, height=64, width=80, num_frames=9, guidance_scale=6.0)
+
+    def call_kwargs(i):  # evaluated inside each run's configuration
+        states.append(tiny_pipeline.transformer.is_cache_enabled)
+        return kwargs
+
+    (variant,) = make_variants(caches=["fbc:0.1"])
+    result = compare(tiny_pipeline, [variant], ["a red ball"], [3], call_kwargs, warmup=False)
+    assert states[1:] == [False, True]  # states[0]: the settings read before any run
+    assert not tiny_pipeline.transformer.is_cache_enabled
+    (v,) = result.variants
+    assert v.kind == "cache" and v.predicted_speedup is None and len(v.quality) == 1
+    assert "no FLOPs prediction" in result.summary(v)["verdict"]

@@ -132,8 +132,15 @@ def make_variants(schedules: Sequence[Any] = (), caches: Sequence[str] = (),
 def check_variants(pipe, variants: Sequence[Variant], num_inference_steps: int | None) -> None:
     """Before generating: every schedule fits the pipeline (model and sampler: the runtime's own checks, by
     applying and removing it) and runs ``num_inference_steps``; every cache can be enabled."""
-    from .runtime.apply import apply, components, remove
+    from .runtime.apply import apply, components, remove, runtimes
 
+    if runtimes(pipe):  # dense would not be dense
+        raise CompareError("asymrnr is already applied to this pipeline (a schedule or a profiler): call "
+                           "asymrnr.remove(pipe) first; compare applies each schedule itself")
+    for name, module in components(pipe)[1]:
+        if getattr(module, "is_cache_enabled", False):
+            raise CompareError(f"a diffusers cache is enabled on {name}: call pipe.{name}.disable_cache() first "
+                               "(compare enables each --cache itself)")
     for v in variants:
         if v.schedule is not None:
             steps = v.schedule.num_steps
