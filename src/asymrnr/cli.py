@@ -1256,7 +1256,9 @@ def compare_command(model_name, model_path, prompts_file, images_dir, num_prompt
         gen = s["generation_speedup"]
         _echo(f"{v.name}: {s['verdict']}; whole generation {gen:.3f}x" if gen is not None else f"{v.name}: {s['verdict']}")
         psnr = s["mean_psnr_db"]
-        psnr_text = "identical to dense (PSNR inf)" if psnr is not None and math.isinf(psnr) else (
+        identical = "identical to dense (PSNR inf)" + (
+            ": the cache skipped nothing at this threshold, try a higher one" if v.kind == "cache" else "")
+        psnr_text = identical if s["identical_frames"] else (
             f"PSNR {psnr:.2f} dB (min {s['min_psnr_db']:.2f})" if psnr is not None else "PSNR n/a")
         cos = s["mean_latent_cosine"]
         _echo(f"  {psnr_text}, SSIM {s['mean_ssim']:.4f}" + (f", latent cosine {cos:.5f}" if cos is not None else ""))

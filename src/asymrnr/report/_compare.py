@@ -77,6 +77,9 @@ def _summary(result: Any) -> str:
         s = result.summary(v)
         cls = "below" if s["shortfall"] is not None else "meets"
         rows.append(f'<p class="verdict {cls}">{html.escape(v.name)}: {html.escape(s["verdict"])}.</p>')
+        if v.kind == "cache" and s["identical_frames"]:
+            rows.append(_notes_html([f"{v.name} gave the dense video exactly: the cache skipped nothing at this "
+                                     "threshold; try a higher one."]))
     head = ("<tr><th>variant</th><th>predicted</th><th>transformer</th><th>transformer CPU</th><th>generation</th>"
             "<th>PSNR mean / min</th><th>SSIM</th><th>latent cos</th><th>latent rel. L2</th><th>peak memory</th></tr>")
     body = []
