@@ -1,4 +1,5 @@
-"""Command line: ``asymrnr-calibrate`` and the ``asymrnr`` group (calibrate, profile, plan, inspect, report).
+"""Command line: ``asymrnr-calibrate`` and the ``asymrnr`` group (calibrate, profile, plan, inspect, report,
+compare).
 
 Commands are thin: check every input they can before any expensive work (loading a model, generating),
 call the library, and turn user errors into one-line ``click`` errors that say the fix. Progress bars live
@@ -415,8 +416,9 @@ def _model_fact(model: dict, key: str) -> Any:
     return None
 
 
-def _check_architecture(model: dict, preset, where: str, fix: str) -> None:
-    """Refuse a file whose ``model`` facts differ from ``preset``'s (names the key and both values)."""
+def _check_architecture(model: dict, preset, where: str, fix: str, made: str = "was profiled on") -> None:
+    """Refuse a file whose ``model`` facts differ from ``preset``'s (names the key and both values; ``made``
+    says how the file relates to its model)."""
     want = {"family": preset.family, **preset.architecture}
     for key, value in want.items():
         have = _model_fact(model, key)
@@ -424,7 +426,7 @@ def _check_architecture(model: dict, preset, where: str, fix: str) -> None:
             continue  # older files do not record it
         if have != value:
             raise AsymRnRError(
-                f"{where} was profiled on a model with {key} = {have}, but {preset.name} has {key} = {value}; {fix}"
+                f"{where} {made} a model with {key} = {have}, but {preset.name} has {key} = {value}; {fix}"
             )
 
 
@@ -544,7 +546,6 @@ def _profile_into(job: GenerationJob, todo: list[int], receive, ctx=None) -> flo
     Raises :class:`asymrnr.distributed.RankFailed` (on every rank) when a rank failed or was interrupted."""
     from .distributed import RankContext, sigterm_interrupts
     from .formats.schedule import environment_provenance
-    from .models.presets import load_pipeline
     from .profiler.sharded import agree, profile_prompts
 
     ctx = ctx or RankContext()
@@ -555,11 +556,7 @@ def _profile_into(job: GenerationJob, todo: list[int], receive, ctx=None) -> flo
         _echo(f"loading {preset.name} ({source}) on {job.device}{ranks}")
     pipe, error = None, None
     try:
-        if job.custom:
-            pipe = load_pipeline(None, model_path=job.model_path, dtype=job.dtype or preset.dtype, device=job.device)
-        else:
-            pipe = load_pipeline(preset.name, model_path=job.model_path, dtype=job.dtype, device=job.device)
-        _check_loaded(pipe, job)
+        pipe = _load_pipeline(job)
         pipe.set_progress_bar_config(leave=False, desc="steps", disable=not ctx.is_main)
         job.environment = environment_provenance(pipe)
     except Exception as err:  # noqa: BLE001 - the other ranks must hear of it
@@ -576,6 +573,18 @@ def _profile_into(job: GenerationJob, todo: list[int], receive, ctx=None) -> flo
 
         profile_prompts(ctx, pipe, job.runs(), job.call_kwargs, todo, receive, on_round=advance)
     return time.perf_counter() - started
+
+
+def _load_pipeline(job: GenerationJob):
+    """Load the job's pipeline on its device and check it (:func:`_check_loaded`)."""
+    from .models.presets import load_pipeline
+
+    if job.custom:
+        pipe = load_pipeline(None, model_path=job.model_path, dtype=job.dtype or job.preset.dtype, device=job.device)
+    else:
+        pipe = load_pipeline(job.preset.name, model_path=job.model_path, dtype=job.dtype, device=job.device)
+    _check_loaded(pipe, job)
+    return pipe
 
 
 def _check_loaded(pipe, job: GenerationJob) -> None:
@@ -1162,6 +1171,147 @@ def report_command(stats_file, schedule_file, output, block_groups):
     schedule = load_schedule(schedule_file) if schedule_file else None
     path = write_report(stats, path, schedule=schedule, block_groups=block_groups)
     _echo(f"report: {path}")
+
+
+# ---------------------------------------------------------------------------------------------- compare
+
+#: What ``compare`` writes into ``--out``.
+COMPARE_NAME, COMPARE_PAGE, SAMPLES_DIR = "compare.json", "compare.html", "samples"
+
+
+@main.command("compare", epilog=f"Example: asymrnr compare --model {_EXAMPLE} --schedule runs/{_EXAMPLE}/schedule.json "
+                                f"--num-prompts 2 --repeats 3 --out runs/{_EXAMPLE}/compare")
+@generation_options
+@click.option("--schedule", "schedule_files", multiple=True, type=click.Path(dir_okay=False),
+              help="A schedule to compare with dense (repeat the option to compare several).")
+@click.option("--cache", "caches", multiple=True,
+              help="Also compare a diffusers step cache alone, e.g. fbc:0.1 (FirstBlockCache, threshold 0.1).")
+@click.option("--repeats", type=int, default=1, show_default=True, callback=_positive("repeats"),
+              help="Timed generations per prompt and configuration (dense and reduced interleaved).")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="One untimed generation per configuration before timing.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: runs/<model>/compare).")
+@click.option("--overwrite", is_flag=True, help="--out already holds a comparison: replace it (once the new one is complete).")
+@_user_errors
+def compare_command(model_name, model_path, prompts_file, images_dir, num_prompts, seed, steps, height, width, frames,
+                    guidance, dtype, device, verbose, schedule_files, caches, repeats, warmup, out_dir, overwrite):
+    """Measure what a schedule gains: generate the same prompts and seeds dense and with each schedule, and
+    write compare.json (every number), compare.html (measured against predicted speedup, quality per
+    prompt, frames dense vs reduced) and side-by-side videos (samples/, dense left) into --out.
+
+    Per prompt it records the wall time of the generation and of the transformer alone (CUDA events on a
+    GPU), peak memory, PSNR and SSIM of every frame against dense, and the cosine similarity and relative
+    L2 of the final latents. The steps default to the schedules'. Nothing in --out changes until the new
+    comparison is complete; a folder that holds one is refused unless --overwrite.
+    """
+    from .compare import make_variants
+    from .distributed import env_context
+    from .models.loading import description_facts
+    from .schedule_format import load_schedule
+
+    _setup_logging(verbose)
+    if not schedule_files and not caches:
+        raise click.UsageError("pass --schedule FILE (the schedule.json that asymrnr-calibrate wrote; repeat it to "
+                               "compare several), or --cache SPEC")
+    if env_context().distributed:
+        raise AsymRnRError("asymrnr compare runs in one process (it times generations); run it without torchrun")
+    schedules = [load_schedule(expect_schedule(f, "--schedule")) for f in schedule_files]
+    variants = make_variants(schedules, caches, sources=list(schedule_files))
+    counts = {}
+    for f, sch in zip(schedule_files, schedules):
+        counts.setdefault(sch.num_steps, f)
+    if len(counts) > 1:
+        listed = ", ".join(f"{f}: {n}" for n, f in counts.items())
+        raise AsymRnRError(f"the schedules were calibrated for different step counts ({listed}); compare schedules "
+                           "of one step count per run")
+    if counts:
+        (planned, first_file), = counts.items()
+        if steps is None:
+            steps = planned
+        elif steps != planned:
+            raise click.BadParameter(f"the schedule {first_file} was calibrated for {planned} steps, not {steps}; "
+                                     f"leave out --steps (or pass --steps {planned})", param_hint="--steps")
+    job = prepare_job(model_name, model_path, prompts_file, num_prompts, seed, steps, height, width, frames, guidance,
+                      dtype, device, images_dir)
+    for f, sch in zip(schedule_files, schedules):
+        _check_architecture(description_facts(sch.model), job.preset, f"the schedule {f}",
+                            f"pass a schedule calibrated for it (`asymrnr-calibrate {job.command()}`)",
+                            made="was calibrated for")
+    out = Path(out_dir or Path("runs") / job.preset.name / "compare")
+    inputs = [prompts_file, *schedule_files]
+    for name in (COMPARE_NAME, COMPARE_PAGE):
+        check_output_path(out / name, inputs=inputs)
+    if images_dir is not None and out.resolve() == Path(images_dir).expanduser().resolve():
+        raise AsymRnRError(f"--out {out} is the --images folder; choose another --out")
+    _resolve_device(job)
+    _announce(job)
+    created = _prepare_out_dir(out)
+    try:
+        with folder_lock(out, LOCK_NAME, what="another asymrnr command", fix="wait for it to finish, or choose another --out"):
+            result = _compare_locked(job, variants, out, repeats, warmup, overwrite)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty
+        raise
+    _echo("")
+    for v in result.variants:
+        s = result.summary(v)
+        gen = s["generation_speedup"]
+        _echo(f"{v.name}: {s['verdict']}; whole generation {gen:.3f}x" if gen is not None else f"{v.name}: {s['verdict']}")
+        psnr = s["mean_psnr_db"]
+        identical = "identical to dense (PSNR inf)" + (
+            ": the cache skipped nothing at this threshold, try a higher one" if v.kind == "cache" else "")
+        psnr_text = identical if s["identical_frames"] else (
+            f"PSNR {psnr:.2f} dB (min {s['min_psnr_db']:.2f})" if psnr is not None else "PSNR n/a")
+        cos = s["mean_latent_cosine"]
+        _echo(f"  {psnr_text}, SSIM {s['mean_ssim']:.4f}" + (f", latent cosine {cos:.5f}" if cos is not None else ""))
+    _echo(f"compare:  {out / COMPARE_NAME}")
+    _echo(f"page:     {out / COMPARE_PAGE}")
+    _echo(f"videos:   {out / SAMPLES_DIR}/ (dense left, reduced right)")
+
+
+def _compare_locked(job: GenerationJob, variants, out: Path, repeats: int, warmup: bool, overwrite: bool):
+    from .compare import SampleWriter, compare
+    from .report import write_compare_page
+
+    _remove_stale_staging(out)
+    existing = [n for n in (COMPARE_NAME, COMPARE_PAGE, SAMPLES_DIR) if os.path.lexists(out / n)]
+    if existing and not overwrite:
+        raise AsymRnRError(f"{out} already holds a comparison ({', '.join(existing)}); pass --overwrite to replace it "
+                           "(once the new one is complete), or choose another --out")
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    try:
+        source = "embedded" if job.preset.embedded and job.model_path is None else job.model_path or job.preset.hub_id
+        _echo(f"loading {job.preset.name} ({source}) on {job.device}")
+        pipe = _load_pipeline(job)
+        pipe.set_progress_bar_config(disable=True)
+        writer = SampleWriter(staging / SAMPLES_DIR)
+        total = (1 + len(variants)) * (int(warmup) + len(job.prompts) * repeats)
+        with click.progressbar(length=total, label="generations", show_pos=True) as bar:
+            def progress(done: int, total: int, label: str) -> None:
+                bar.update(1)
+
+            result = compare(pipe, variants, job.prompts, job.seeds, job.call_kwargs, repeats=repeats, warmup=warmup,
+                             on_video=writer, progress=progress,
+                             info={"model": job.preset.name, "command": f"asymrnr compare {job.command()}",
+                                   "dtype": job.dtype or job.preset.dtype})
+        result.save(staging / COMPARE_NAME)
+        write_compare_page(result, staging / COMPARE_PAGE, writer.strips)
+        (staging / SAMPLES_DIR).mkdir(exist_ok=True)
+        old = out / SAMPLES_DIR
+        if os.path.lexists(old):  # replaced only now that the new comparison is complete
+            if old.is_dir() and not old.is_symlink():
+                os.replace(old, staging / "old-samples")
+            else:
+                old.unlink()
+        os.replace(staging / SAMPLES_DIR, out / SAMPLES_DIR)
+        for name in (COMPARE_NAME, COMPARE_PAGE):
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
 
 
 def calibrate_main():

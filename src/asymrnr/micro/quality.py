@@ -1,45 +1,9 @@
-"""Frame metrics for the quality benchmark: per-frame PSNR and SSIM against a reference video."""
+"""Frame metrics for the quality benchmark: per-frame PSNR and SSIM against a reference video.
+
+They live in the family-free :mod:`asymrnr.quality` (``asymrnr compare`` uses them too); re-exported here."""
 
 from __future__ import annotations
 
-import numpy as np
-from scipy.ndimage import gaussian_filter
-
-
-def psnr_frames(video: np.ndarray, reference: np.ndarray, data_range: float = 1.0) -> np.ndarray:
-    """PSNR of every frame (``[..., F, H, W, C]`` arrays in ``[0, data_range]``); identical frames give 100 dB."""
-    v = np.asarray(video, dtype=np.float64)
-    r = np.asarray(reference, dtype=np.float64)
-    mse = ((v - r) ** 2).mean(axis=(-3, -2, -1))
-    with np.errstate(divide="ignore"):
-        out = 10.0 * np.log10(data_range**2 / np.maximum(mse, 1e-10))
-    return np.minimum(out, 100.0)
-
-
-def ssim_frame(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, sigma: float = 1.5) -> float:
-    """SSIM of one ``[H, W, C]`` frame pair (Gaussian window, sigma 1.5; channels averaged)."""
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    vals = []
-    for ch in range(a.shape[-1]):
-        x = a[..., ch].astype(np.float64)
-        y = b[..., ch].astype(np.float64)
-        mx, my = gaussian_filter(x, sigma), gaussian_filter(y, sigma)
-        sxx = gaussian_filter(x * x, sigma) - mx * mx
-        syy = gaussian_filter(y * y, sigma) - my * my
-        sxy = gaussian_filter(x * y, sigma) - mx * my
-        s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-        vals.append(s.mean())
-    return float(np.mean(vals))
-
-
-def ssim_frames(video: np.ndarray, reference: np.ndarray, data_range: float = 1.0) -> np.ndarray:
-    """SSIM of every frame of ``[..., F, H, W, C]`` arrays."""
-    v = np.asarray(video)
-    r = np.asarray(reference)
-    flat_v = v.reshape(-1, *v.shape[-3:])
-    flat_r = r.reshape(-1, *r.shape[-3:])
-    out = np.array([ssim_frame(x, y, data_range) for x, y in zip(flat_v, flat_r)])
-    return out.reshape(v.shape[:-3])
-
+from asymrnr.quality import psnr_frames, ssim_frame, ssim_frames
 
 __all__ = ["psnr_frames", "ssim_frame", "ssim_frames"]

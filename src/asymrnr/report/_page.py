@@ -146,8 +146,6 @@ def report_html(
     num_step_groups: int = DEFAULT_STEP_GROUPS,
 ) -> str:
     """The whole report as one self-contained HTML string (see :func:`write_report`)."""
-    from .. import __version__
-
     if empty_reason(stats) is None:
         resolve_block_groups(block_groups, stats.num_blocks)  # bad user input fails before any work
     title = title or _default_title(stats)
@@ -218,19 +216,28 @@ def report_html(
     leads = dict(LEADS, trends=LEADS["trends"].format(pct=round(CONFIDENCE * 100)))
     sections = [_section(sid, i, heading, _guard(sid, builders[sid]), leads.get(sid))
                 for i, (sid, heading) in enumerate(SECTIONS, start=1)]
-    toc = "".join(f'<li><a href="#{sid}">{html.escape(heading)}</a></li>' for sid, heading in SECTIONS)
-    created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     source = f" from {html.escape(str(stats.path))}" if getattr(stats, "path", None) else ""
+    return page_html(title, SECTIONS, sections, source=source)
+
+
+def page_html(title: str, toc: Any, sections: list[str], *, source: str = "", extra_css: str = "") -> str:
+    """The page around ``sections`` (HTML strings): head with the CSS and plotly.js inlined, title, table
+    of contents of ``toc`` (``(id, heading)`` pairs), footer. ``source`` (HTML) ends the subtitle;
+    ``extra_css`` is added to the page's CSS."""
+    from .. import __version__
+
+    toc_html = "".join(f'<li><a href="#{sid}">{html.escape(heading)}</a></li>' for sid, heading in toc)
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<meta name=\"generator\" content=\"asymrnr {html.escape(__version__)}\">\n"
-        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}{extra_css}</style>\n"
         f'<script type="text/javascript">{po.get_plotlyjs()}</script>\n'
         "</head>\n<body>\n"
         f'<header><h1>{html.escape(title)}</h1><p class="sub">Generated {created} by asymrnr {html.escape(__version__)}'
         f"{source}. Self-contained: opens offline.</p></header>\n"
-        f'<nav class="toc" aria-label="contents"><ol>{toc}</ol></nav>\n'
+        f'<nav class="toc" aria-label="contents"><ol>{toc_html}</ol></nav>\n'
         "<main>\n" + "\n".join(sections) + "\n</main>\n"
         '<footer>Figures: plotly (inlined). Paper: Sun et al., "AsymRnR: Video Diffusion Transformers Acceleration '
         'with Asymmetric Reduction and Restoration".</footer>\n'
