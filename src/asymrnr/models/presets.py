@@ -213,6 +213,28 @@ MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
                 ),
             ),
             ModelPreset(
+                name="micro-cogvideox-large",
+                family="cogvideox",
+                hub_id=None,
+                pipeline_class="CogVideoXPipeline",
+                height=64,
+                width=96,
+                num_frames=25,
+                num_inference_steps=20,
+                guidance_scale=5.0,
+                dtype="float32",
+                max_sequence_length=16,
+                weights_dir="micro-cogvideox-large",
+                prompts_file="micro-cogvideox-large/calibration-prompts.txt",
+                architecture=_architecture(num_blocks=6, num_heads=4, head_dim=32, patch_size_t=1, rope=True),
+                description=(
+                    "embedded micro CogVideoX-5B-style DiT at a larger grid, where attention is about half of "
+                    "the transformer's FLOPs (6 blocks, 4 heads x 32, 3D RoPE, DPM), fine-tuned from "
+                    "micro-cogvideox; 64x96, 25 frames = 7 x 8 x 12 tokens + 16 text tokens; still in "
+                    "training (its training.json says how far): for benchmarks, not the README's first run"
+                ),
+            ),
+            ModelPreset(
                 name="tiny-cogvideox",
                 family="cogvideox",
                 hub_id=None,
