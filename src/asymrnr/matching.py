@@ -146,7 +146,14 @@ def make_partition(grid: tuple[int, int, int], stride: tuple[int, int, int], see
     return Partition(grid, stride, dst, src, random_scores, tuple(start))
 
 
-def _chunk_rows(groups: int, num_dst: int, num_src: int) -> int:
+# On CUDA the chunk is bounded by memory, not cache: a cache-sized chunk would be thousands of tiny kernel
+# launches per matching at the full-size grids (48 heads, 62k sources).
+_CUDA_CHUNK_BYTES = 256 << 20
+
+
+def _chunk_rows(groups: int, num_dst: int, num_src: int, device: torch.device | None = None) -> int:
+    if device is not None and device.type != "cpu":
+        return int(max(64, min(num_src, _CUDA_CHUNK_BYTES // max(1, groups * num_dst * 4))))
     # get_num_threads() is not traceable: under torch.compile the chunking is fixed at the 2-thread size.
     threads = 2 if torch.compiler.is_compiling() else torch.get_num_threads()
     budget = _CHUNK_BYTES_PER_THREAD * max(1, threads)
@@ -191,23 +198,32 @@ def best_matches(
         src = F.normalize(src, dim=-1)
         dst = F.normalize(dst, dim=-1)
     dst_t = dst.transpose(1, 2).contiguous()  # [G, C, Nd]
-    rows = chunk_rows or _chunk_rows(g, nd, ns)
-    sims, idxs = [], []
+    rows = min(ns, chunk_rows or _chunk_rows(g, nd, ns, src.device))
+    # Each chunk writes its row minimum straight into the outputs and reuses one similarity buffer: per chunk
+    # only the matmul and the reduction run (each a parallel region; on a loaded CPU every region costs a
+    # thread wake-up), and the element-wise finish runs once over all sources. Bit-identical to finishing
+    # chunk by chunk (element-wise ops; the matmul per row does not depend on the chunk).
+    best_val = torch.empty((g, ns), dtype=src.dtype, device=src.device)
+    best_dst = torch.empty((g, ns), dtype=torch.long, device=src.device)
+    buf = torch.empty((g, rows, nd), dtype=torch.result_type(src, dst), device=src.device)
     if metric == "euclidean":
         dst_sq = dst.pow(2).sum(-1).unsqueeze(1)  # [G, 1, Nd]
     for start in range(0, ns, rows):
-        s = src[:, start : start + rows]
+        stop = min(ns, start + rows)
+        s = src[:, start:stop]
+        out = buf[:, : stop - start]
         if metric == "euclidean":
             # argmin ||s - d||^2 = argmin (||d||^2 - 2 s.d): one fused matmul-add per chunk; ||s||^2 is added
             # back only for the winners.
-            val, idx = torch.min(torch.baddbmm(dst_sq, s, dst_t, beta=1.0, alpha=-2.0), dim=-1)
-            d2 = val.float() + s.float().pow(2).sum(-1)
-            sims.append(-torch.sqrt(torch.clamp(d2, min=0.0)))
+            torch.baddbmm(dst_sq, s, dst_t, beta=1.0, alpha=-2.0, out=out)
+            torch.min(out, dim=-1, out=(best_val[:, start:stop], best_dst[:, start:stop]))
         else:
-            val, idx = torch.max(torch.bmm(s, dst_t), dim=-1)
-            sims.append(val.float())
-        idxs.append(idx)
-    return torch.cat(sims, dim=1), torch.cat(idxs, dim=1)
+            torch.bmm(s, dst_t, out=out)
+            torch.max(out, dim=-1, out=(best_val[:, start:stop], best_dst[:, start:stop]))
+    if metric == "euclidean":
+        d2 = best_val.float() + src.float().pow(2).sum(-1)
+        return -torch.sqrt(torch.clamp(d2, min=0.0)), best_dst
+    return best_val.float(), best_dst
 
 
 @dataclass
@@ -423,7 +439,7 @@ def best_matches_euclidean_and_cosine(
     src_unit = src * src_sq.clamp_min(1e-24).rsqrt().unsqueeze(-1)
     dst_sq = dst_sq.unsqueeze(1)
     # Larger chunks than the runtime's: the profiler's many small batched matrices are op-count bound.
-    rows = chunk_rows or max(_chunk_rows(g, nd, ns), (32 << 20) // max(1, g * nd * 4))
+    rows = chunk_rows or max(_chunk_rows(g, nd, ns, src.device), (32 << 20) // max(1, g * nd * 4))
     e_sims, e_idx, c_sims, c_idx = [], [], [], []
     for start in range(0, ns, rows):
         stop = start + rows
