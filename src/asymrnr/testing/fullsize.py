@@ -165,6 +165,53 @@ def call(model: Any, inputs: Mapping[str, Any], t: int):
         return model(timestep=ts, return_dict=False, **inputs)[0]
 
 
+def generation_times(model: Any, inputs: Mapping[str, Any], steps: list[int]) -> tuple[list[float], Any]:
+    """Run one generation (a call per timestep in ``steps``); returns (seconds per call, last output).
+
+    On CUDA each call is timed with a pair of CUDA events recorded on the current stream, and the host
+    waits once, after the last call, so timing adds no sync between calls. On CPU: wall time per call.
+    """
+    import time
+
+    import torch
+
+    x = inputs["hidden_states"]
+    if x.device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in steps]
+        out = None
+        for (start, end), t in zip(events, steps):
+            start.record()
+            out = call(model, inputs, t)
+            end.record()
+        torch.cuda.synchronize(x.device)
+        return [start.elapsed_time(end) / 1000.0 for start, end in events], out
+    times, out = [], None
+    for t in steps:
+        start = time.perf_counter()
+        out = call(model, inputs, t)
+        times.append(time.perf_counter() - start)
+    return times, out
+
+
+def reset_peak_memory(device: Any) -> None:
+    """Start a peak-memory measurement on ``device`` (CUDA only; a no-op elsewhere)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: Any) -> int | None:
+    """Bytes of peak allocated memory on ``device`` since :func:`reset_peak_memory` (``None`` off CUDA)."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device))
+
+
 def schedule_for(spec: FullSizeModel, model: Any, num_steps: int, q: float = 0.5, kv: float = 0.5,
                  cache_steps: int = 4):
     """A uniform (``q``, ``kv``) schedule of ``num_steps`` steps for ``model`` at ``spec``'s token grid."""
@@ -175,4 +222,4 @@ def schedule_for(spec: FullSizeModel, model: Any, num_steps: int, q: float = 0.5
 
 
 __all__ = ["FULL_SIZE", "TINY", "FullSizeModel", "WEIGHT_STD", "build_transformer", "call", "full_size_model",
-           "make_inputs", "schedule_for", "timesteps"]
+           "generation_times", "make_inputs", "peak_memory", "reset_peak_memory", "schedule_for", "timesteps"]

@@ -1,0 +1,97 @@
+"""Full-size random-weight CogVideoX-5B and Wan 2.1 14B transformers in bf16 on CUDA, dense vs AsymRnR.
+
+The ``gpu`` cases (excluded from the default run; ``pytest -m gpu tests/test_gpu.py -s`` on a CUDA machine)
+build each transformer at full size (every block, every head), run two denoising steps at the real 480p
+token grid with batch 2 (CFG) dense and with a uniform (0.5, 0.5) schedule, check the outputs are finite and
+every self-attention call has the scheduled lengths, and print step times (CUDA events) and peak memory.
+The ``tiny`` cases run the very same code on CPU with the tiny variants, so it is tested everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import asymrnr
+from asymrnr.flops import schedule_flops
+from asymrnr.testing.fullsize import (
+    FULL_SIZE,
+    build_transformer,
+    call,
+    full_size_model,
+    generation_times,
+    make_inputs,
+    peak_memory,
+    reset_peak_memory,
+    schedule_for,
+    timesteps,
+)
+from asymrnr.testing.recorder import record_attention
+
+NO_CUDA = not torch.cuda.is_available()
+STEPS = 2
+BATCH = 2  # CFG: conditional and unconditional in one call
+RATE = 0.5
+
+CASES = [
+    *(pytest.param(name, "cuda", id=f"{name}-full-cuda",
+                   marks=[pytest.mark.gpu, pytest.mark.skipif(NO_CUDA, reason="needs a CUDA device")])
+      for name in FULL_SIZE),
+    *(pytest.param(name, "cpu", id=f"{name}-tiny-cpu") for name in FULL_SIZE),
+]
+
+
+@pytest.mark.parametrize("name, device", CASES)
+def test_transformer_dense_vs_asymrnr(name, device):
+    full = device == "cuda"
+    if not full:
+        torch.set_num_threads(1)
+    spec = full_size_model(name, tiny=not full)
+    dtype = torch.bfloat16 if full else torch.float32
+    start = time.perf_counter()
+    model = build_transformer(spec, device, dtype)
+    if full:
+        torch.cuda.synchronize()
+    build_s = time.perf_counter() - start
+    assert build_s < 120, f"building {name} took {build_s:.0f} s"
+    if full:  # really the full-size model: every block and head
+        assert model.config.num_layers == spec.num_layers >= 40
+        assert sum(p.numel() for p in model.parameters()) > 5e9
+    inputs = make_inputs(spec, model, batch=BATCH)
+    steps = timesteps(STEPS)
+
+    call(model, inputs, steps[0])  # warm-up: kernels, allocator
+    reset_peak_memory(device)
+    dense_times, dense_out = generation_times(model, inputs, steps)
+    dense_peak = peak_memory(device)
+
+    schedule = schedule_for(spec, model, STEPS, q=RATE, kv=RATE, cache_steps=4)
+    asymrnr.apply(model, schedule)
+    try:
+        with record_attention(model, probe_text=False) as rec:  # also the AsymRnR warm-up
+            call(model, inputs, steps[0])
+        reset_peak_memory(device)
+        fast_times, fast_out = generation_times(model, inputs, steps)
+        fast_peak = peak_memory(device)
+    finally:
+        asymrnr.remove(model)
+
+    assert torch.isfinite(dense_out).all() and torch.isfinite(fast_out).all()
+    assert dense_out.shape == fast_out.shape == inputs["hidden_states"].shape
+    assert not torch.equal(dense_out, fast_out)  # the reduction really ran
+    n = spec.video_tokens
+    text = spec.text_len if spec.joint_text else 0
+    self_attn = [c for c in rec.calls if c.site.endswith("attn1")]
+    assert len(self_attn) == spec.num_layers
+    assert {(c.batch, c.q_len, c.k_len) for c in self_attn} == {(BATCH, text + n - int(RATE * n), text + n - int(RATE * n))}
+
+    dense_step, fast_step = sum(dense_times) / STEPS, sum(fast_times) / STEPS
+    predicted = schedule_flops(schedule, batch=BATCH).predicted_speedup
+    mib = 2 ** 20
+    peaks = (f"peak {dense_peak / mib:.0f} MiB dense, {fast_peak / mib:.0f} MiB AsymRnR"
+             if dense_peak is not None else "peak memory: CUDA only")
+    print(f"\n{spec.description} [{device}, {dtype}, batch {BATCH}, built in {build_s:.1f} s]: dense "
+          f"{dense_step:.3f} s/step, AsymRnR (q=kv={RATE}) {fast_step:.3f} s/step, speedup "
+          f"{dense_step / fast_step:.2f}x (FLOPs-predicted {predicted:.2f}x); {peaks}")
