@@ -326,7 +326,7 @@ def write_section(text: str, marker: str) -> None:
     path.write_text(doc)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["attention", "model", "all"], default="all")
     parser.add_argument("--device", default="cpu")
@@ -337,7 +337,7 @@ def main() -> None:
     parser.add_argument("--child", choices=["dense", "asymrnr"], help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
@@ -345,7 +345,7 @@ def main() -> None:
         _model_child(args)
         return
     torch.set_grad_enabled(False)
-    command = "python benchmarks/bench_runtime.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/bench_runtime.py " + " ".join(sys.argv[1:] if argv is None else argv)
     sections = [f"## Runtime ({args.device}: {_machine(args.device)}, {torch.get_num_threads()} threads)", "",
                 f"Command: `{command.strip()}`", ""]
     if args.part in ("attention", "all"):

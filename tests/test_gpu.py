@@ -9,6 +9,7 @@ The ``tiny`` cases run the very same code on CPU with the tiny variants, so it i
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -95,3 +96,30 @@ def test_transformer_dense_vs_asymrnr(name, device):
     print(f"\n{spec.description} [{device}, {dtype}, batch {BATCH}, built in {build_s:.1f} s]: dense "
           f"{dense_step:.3f} s/step, AsymRnR (q=kv={RATE}) {fast_step:.3f} s/step, speedup "
           f"{dense_step / fast_step:.2f}x (FLOPs-predicted {predicted:.2f}x); {peaks}")
+
+
+def test_gpu_all_runs_end_to_end_on_cpu_tiny(tmp_path, monkeypatch):
+    """benchmarks/gpu_all.py --device cpu --tiny: every part runs and the markdown table is written; a part
+    whose time guard is spent stops after one round and says so."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_all.py"
+    spec = importlib.util.spec_from_file_location("gpu_all", path)
+    gpu_all = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_all", gpu_all)  # its dataclasses look their module up there
+    spec.loader.exec_module(gpu_all)
+    out = tmp_path / "results" / "gpu.md"
+    written = gpu_all.main(["--device", "cpu", "--tiny", "--threads", "1", "--steps", "2", "--rounds", "2",
+                            "--budget-wan2.1-t2v-14b", "0", "--out", str(out)])
+    assert written == out and out.is_file()
+    text = out.read_text()
+    assert "| tiny |" in text  # bench_runtime's model table
+    assert "| 0.5 | 0.5 | 4 |" in text  # and its attention table
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    for name in FULL_SIZE:
+        cells = [c.strip() for c in rows[name].split("|")[1:-1]]
+        assert cells[5].startswith("**") and float(cells[6].rstrip("x")) > 1.0  # measured; the FLOPs prediction
+    assert "| 2 |  |" in rows["cogvideox-5b"]  # both rounds ran
+    assert "1 of 2 rounds (time guard)" in rows["wan2.1-t2v-14b"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["gpu.md"]  # nothing else written there
