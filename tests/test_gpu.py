@@ -123,3 +123,20 @@ def test_gpu_all_runs_end_to_end_on_cpu_tiny(tmp_path, monkeypatch):
     assert "| 2 |  |" in rows["cogvideox-5b"]  # both rounds ran
     assert "1 of 2 rounds (time guard)" in rows["wan2.1-t2v-14b"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["gpu.md"]  # nothing else written there
+
+
+def test_bf16_features_are_matched_in_float32():
+    """A GPU runs the model, and so the matching features, in bf16: the best destinations must be those of
+    the same features compared in float32, even with the large shared offset hidden states have (in a bf16
+    matmul about half of them differ)."""
+    from asymrnr.matching import best_matches
+
+    torch.manual_seed(0)
+    c, ns, nd = 512, 400, 60
+    offset = 10.0 * torch.randn(1, 1, c)
+    dst = (offset + torch.randn(1, nd, c)).bfloat16()
+    src = (offset + torch.randn(1, ns, c)).bfloat16()
+    sim16, dst16 = best_matches(src, dst)
+    sim32, dst32 = best_matches(src.float(), dst.float())
+    assert torch.equal(dst16, dst32)
+    assert torch.equal(sim16, sim32) and sim16.dtype == torch.float32

@@ -161,6 +161,10 @@ def _chunk_rows(groups: int, num_dst: int, num_src: int, device: torch.device | 
     return int(max(64, min(num_src, rows)))
 
 
+#: 16-bit float dtypes whose similarities best_matches computes in float32.
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def best_matches(
     src: torch.Tensor,
     dst: torch.Tensor,
@@ -172,7 +176,7 @@ def best_matches(
     """For every source, the most similar destination and that similarity.
 
     Args:
-        src: ``[G, Ns, C]`` source features.
+        src: ``[G, Ns, C]`` source features (float16/bfloat16 are compared in float32).
         dst: ``[G, Nd, C]`` destination features.
         metric: ``euclidean`` (similarity = minus the distance), ``cosine``, ``dot`` or ``random``.
         random_scores: ``[Ns]`` similarities used by the ``random`` metric.
@@ -194,6 +198,13 @@ def best_matches(
         best_sim = random_scores.to(src.device, torch.float32).unsqueeze(0).expand(g, ns).contiguous()
         return best_sim, best_dst
 
+    if src.dtype in _HALF_DTYPES or dst.dtype in _HALF_DTYPES:
+        # Similarities in float32: in bf16 (8-bit mantissa) ||d||^2 - 2 s.d of hidden states with a large
+        # shared offset cancels to a handful of representable values, so near destinations tie and the argmin
+        # is close to arbitrary (half the best destinations differ at an offset of 10 sigma). The features
+        # stay as the model computed them; only the comparison is exact. The matching is a small share of a
+        # step (once per cache window), so the float32 matmul costs little even on a GPU.
+        src, dst = src.float(), dst.float()
     if metric == "cosine":
         src = F.normalize(src, dim=-1)
         dst = F.normalize(dst, dim=-1)
