@@ -100,11 +100,14 @@ def measure_model(name: str, device: torch.device, tiny: bool, steps: int, max_r
     predicted = schedule_flops(schedule, batch=BATCH).predicted_speedup
 
     def scheduled(fn):
-        asymrnr.apply(model, schedule)  # a fresh runtime: each generation starts with its matching
+        runtime = asymrnr.apply(model, schedule)  # a fresh runtime: each generation starts with its matching
         try:
-            return fn()
+            result = fn()
         finally:
             asymrnr.remove(model)
+        if not runtime.match_log:
+            raise RuntimeError(f"{name}: the AsymRnR generation computed no matching; the schedule did not run")
+        return result
 
     call(model, inputs, ts[0])  # warm-up: kernels, allocator (excluded)
     scheduled(lambda: call(model, inputs, ts[0]))  # warm-up of the reduced path (excluded)

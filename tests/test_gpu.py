@@ -69,15 +69,22 @@ def test_transformer_dense_vs_asymrnr(name, device):
     dense_peak = peak_memory(device)
 
     schedule = schedule_for(spec, model, STEPS, q=RATE, kv=RATE, cache_steps=4)
-    asymrnr.apply(model, schedule)
-    try:
-        with record_attention(model, probe_text=False) as rec:  # also the AsymRnR warm-up
-            call(model, inputs, steps[0])
-        reset_peak_memory(device)
-        fast_times, fast_out = generation_times(model, inputs, steps)
-        fast_peak = peak_memory(device)
-    finally:
-        asymrnr.remove(model)
+
+    def scheduled(fn):
+        runtime = asymrnr.apply(model, schedule)  # a fresh runtime: the generation starts with its matching
+        try:
+            return fn(), runtime
+        finally:
+            asymrnr.remove(model)
+
+    with record_attention(model, probe_text=False) as rec:  # also the AsymRnR warm-up
+        scheduled(lambda: call(model, inputs, steps[0]))
+    reset_peak_memory(device)
+    (fast_times, fast_out), runtime = scheduled(lambda: generation_times(model, inputs, steps))
+    fast_peak = peak_memory(device)
+    # the timed generation computed its matchings (at step 0, cache window of 4) for q and kv of every block
+    assert {step for step, _, _ in runtime.match_log} == {0}
+    assert len({(block, feature) for _, block, feature in runtime.match_log}) == 2 * spec.num_layers
 
     assert torch.isfinite(dense_out).all() and torch.isfinite(fast_out).all()
     assert dense_out.shape == fast_out.shape == inputs["hidden_states"].shape
