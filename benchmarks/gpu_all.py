@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import logging
 import os
 import platform
 import statistics
@@ -40,7 +39,6 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
-logger = logging.getLogger("gpu_all")
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu.md"
 RATE = 0.5
@@ -241,12 +239,14 @@ def main(argv: list[str] | None = None) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    from asymrnr._io import atomic_write_text, check_output_path  # noqa: F401  (fail early on a bad --out)
+    from asymrnr._io import atomic_write_text, check_output_path
+    from asymrnr.errors import AsymRnRError
     from asymrnr.testing.fullsize import FULL_SIZE
 
-    out = args.out
-    if out.exists() and not out.is_file():
-        parser.error(f"--out {out} exists and is not a file; name a markdown file")
+    try:  # before any measurement: a bad --out fails now, not after minutes of GPU time
+        out = check_output_path(args.out, option="--out")
+    except AsymRnRError as exc:
+        parser.error(str(exc))
     began = time.monotonic()
     end = began + args.budget
     budgets = {part: getattr(args, _budget_dest(part)) for part in PART_BUDGETS}
