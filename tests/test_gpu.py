@@ -147,3 +147,27 @@ def test_bf16_features_are_matched_in_float32():
     sim32, dst32 = best_matches(src.float(), dst.float())
     assert torch.equal(dst16, dst32)
     assert torch.equal(sim16, sim32) and sim16.dtype == torch.float32
+
+
+def test_tf32_switch_is_restored():
+    """The matching's TF32 switch for CUDA float32 matmuls is scoped: the user's setting (legacy or new torch
+    API) is back after it, and reading it by the legacy API still works (torch refuses mixed-API states)."""
+    from asymrnr.matching import _tf32_matmul
+
+    matmul = torch.backends.cuda.matmul
+    new_api = hasattr(matmul, "fp32_precision")
+
+    def flag():
+        return matmul.fp32_precision if new_api else matmul.allow_tf32
+
+    for user in (None, True, False):
+        if user is not None:
+            matmul.allow_tf32 = user
+        try:
+            before = flag()
+            with _tf32_matmul():
+                assert flag() in ("tf32", True)
+            assert flag() == before
+            assert matmul.allow_tf32 == bool(user)  # the legacy read does not raise
+        finally:
+            matmul.allow_tf32 = False
