@@ -231,7 +231,8 @@ def best_matches(
         # Similarities in float32: in bf16 (8-bit mantissa) ||d||^2 - 2 s.d of hidden states with a large
         # shared offset cancels to a handful of representable values, so near destinations tie and the argmin
         # is close to arbitrary (half the best destinations differ at an offset of 10 sigma). The profiler
-        # measures in float32 too. On CUDA the matmul may use TF32 (see _tf32_matmul): exact for 16-bit inputs.
+        # measures in float32 too. On CUDA the matmul uses TF32 (see _tf32_matmul): exact for 16-bit
+        # inputs (Euclidean, dot; cosine's unit vectors are rounded to TF32's 11 bits, still finer than bf16).
         src, dst = src.float(), dst.float()
     if metric == "cosine":
         src = F.normalize(src, dim=-1)
