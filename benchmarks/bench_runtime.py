@@ -5,6 +5,7 @@ Speed is always a ratio against the dense baseline measured in the same run (the
     python benchmarks/bench_runtime.py                 # both parts, writes the runtime section of BENCHMARKS.md
     python benchmarks/bench_runtime.py --part attention
     python benchmarks/bench_runtime.py --device cuda --shape 5b   # on a GPU: full-size 5B transformer, bf16
+    python benchmarks/bench_runtime.py --shape tiny --no-write    # seconds: the same code at a toy size
 
 Attention level: one attention call (text 226 + video 13 x 30 x 45 tokens, 2 heads x 64, after RoPE) dense
 against AsymRnR's reduce -> SDPA -> restore with the library's own matching code, matching every call
@@ -14,6 +15,10 @@ Model level: the "third grid" model of the field notes (30 blocks, 4 heads x 64,
 512, 160x240 pixels x 49 frames -> 13 x 10 x 15 tokens, 226 text tokens), a whole transformer call averaged
 over 8 denoising steps with a uniform (0.5, 0.5) schedule and s=4, against the speedup the FLOPs model
 predicts. Peak memory is measured in separate processes (peak RSS on CPU, max_memory_allocated on CUDA).
+The transformer gets the 3D RoPE tables the pipeline passes (``image_rotary_emb``), and its random weights are
+allocated directly on the device in its dtype (:func:`asymrnr.testing.fullsize.build_transformer`), so a 5B
+model is ready in seconds. On CUDA, times come from CUDA events (the host waits once per generation) and
+attention runs in bf16; "CPU time" columns then repeat wall time (host CPU time says nothing there).
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ class Timing:
     """Median wall time and median process CPU time of repeated calls.
 
     On a shared CPU, wall time absorbs other processes' load; process CPU time (all threads) does not, so
-    both are reported. On CUDA only wall time is meaningful.
+    both are reported. On CUDA only wall (GPU) time is meaningful, and ``cpu`` repeats it.
     """
 
     def __init__(self, wall: float, cpu: float):
@@ -75,6 +80,15 @@ def _median_time(fn, device: str, repeats: int, warmup: int = 1) -> Timing:
     for _ in range(warmup):
         fn()
     _sync(device)
+    if device.startswith("cuda"):  # CUDA events around each call; the host waits once, at the end
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize()
+        wall = statistics.median(s.elapsed_time(e) / 1000.0 for s, e in events)
+        return Timing(wall, wall)
     walls, cpus = [], []
     for _ in range(repeats):
         start, cpu0 = time.perf_counter(), time.process_time()
@@ -86,8 +100,15 @@ def _median_time(fn, device: str, repeats: int, warmup: int = 1) -> Timing:
 
 
 # ---------------------------------------------------------------------------------------------- attention
-def attention_benchmark(device: str, repeats: int, heads: int = 2, head_dim: int = 64, dtype=torch.float32) -> list[dict]:
-    grid = (13, 30, 45)
+ATTENTION_GRID = (13, 30, 45)
+TINY_ATTENTION_GRID = (3, 6, 8)
+
+
+def attention_benchmark(device: str, repeats: int, heads: int = 2, head_dim: int = 64, dtype=None,
+                        grid=ATTENTION_GRID) -> list[dict]:
+    """Rows of dense vs reduced attention at ``grid`` (+ 226 text tokens); bf16 on CUDA, float32 on CPU."""
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     n = math.prod(grid)
     g = torch.Generator().manual_seed(0)
     # CogVideoX's layout: projections are [B, S, heads, D], viewed as [B, heads, S, D].
@@ -136,51 +157,78 @@ FULL_5B = dict(num_layers=42, num_attention_heads=48, attention_head_dim=64, in_
                time_embed_dim=512, text_embed_dim=4096, sample_height=60, sample_width=90, sample_frames=49,
                patch_size=2, temporal_compression_ratio=4, max_text_seq_length=TEXT,
                use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False)
+TINY_MODEL = dict(THIRD_GRID, num_layers=2, num_attention_heads=2, attention_head_dim=16, time_embed_dim=16,
+                  text_embed_dim=32, sample_height=10, sample_width=12, sample_frames=17)
+SHAPES = {"third": THIRD_GRID, "5b": FULL_5B, "tiny": TINY_MODEL}
 
 
-def _model_child(args) -> None:
-    """Run in a subprocess: time (or measure memory of) dense or scheduled transformer calls; print JSON."""
+def _spec(shape: str):
+    """The shape as a :class:`~asymrnr.testing.fullsize.FullSizeModel` (batch-1 inputs with 226 text tokens)."""
+    from dataclasses import replace
+
+    from asymrnr.testing.fullsize import FULL_SIZE
+
+    cfg = SHAPES[shape]
+    frames = (cfg["sample_frames"] - 1) // cfg["temporal_compression_ratio"] + 1
+    latent = (frames, cfg["sample_height"], cfg["sample_width"])
+    grid = (frames, latent[1] // cfg["patch_size"], latent[2] // cfg["patch_size"])
+    return replace(FULL_SIZE["cogvideox-5b"], name=f"bench-{shape}", config=cfg, latent=latent, grid=grid,
+                   channels=cfg["in_channels"], text_len=TEXT, text_dim=cfg["text_embed_dim"])
+
+
+def _measure(mode: str, device: str, shape: str, repeats: int) -> dict:
+    """Time (and measure memory of) dense or scheduled transformer calls: ``repeats`` generations of 8 steps
+    after one warm-up generation."""
     import resource
-
-    from diffusers import CogVideoXTransformer3DModel
 
     import asymrnr
     from asymrnr import Schedule
+    from asymrnr.testing.fullsize import build_transformer, call, make_inputs
 
-    cfg = FULL_5B if args.shape == "5b" else THIRD_GRID
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    torch.manual_seed(0)
-    model = CogVideoXTransformer3DModel(**cfg).to(args.device, dtype).eval()
-    frames = (cfg["sample_frames"] - 1) // 4 + 1
-    x = torch.randn(1, frames, 16, cfg["sample_height"], cfg["sample_width"], device=args.device, dtype=dtype)
-    e = torch.randn(1, TEXT, 4096, device=args.device, dtype=dtype)
+    spec = _spec(shape)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = build_transformer(spec, device, dtype, seed=0)
+    inputs = make_inputs(spec, model, batch=1)
     steps = [999 - i * 125 for i in range(8)]
     schedule = Schedule.uniform(model, len(steps), q=0.5, kv=0.5, cache_steps=4)
-    if args.mode == "asymrnr":
+    if mode == "asymrnr":
         asymrnr.apply(model, schedule)
 
     def generation():
         for t in steps:
-            ts = torch.full((1,), t, device=args.device)
-            with torch.no_grad():
-                model(hidden_states=x, encoder_hidden_states=e, timestep=ts, return_dict=False)
+            call(model, inputs, t)
 
-    if args.device.startswith("cuda"):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     generation()  # warm-up: allocator, partitions, first-call costs
     times, cpu_times = [], []
-    for _ in range(args.repeats):
-        _sync(args.device)
-        start, cpu0 = time.perf_counter(), time.process_time()
-        generation()
-        _sync(args.device)
-        times.append((time.perf_counter() - start) / len(steps))
-        cpu_times.append((time.process_time() - cpu0) / len(steps))
-    peak = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda")
+    if device.startswith("cuda"):  # CUDA events around each generation; the host waits once, at the end
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+        for start, end in events:
+            start.record()
+            generation()
+            end.record()
+        torch.cuda.synchronize()
+        times = [s.elapsed_time(e) / 1000.0 / len(steps) for s, e in events]
+        cpu_times = list(times)
+    else:
+        for _ in range(repeats):
+            start, cpu0 = time.perf_counter(), time.process_time()
+            generation()
+            times.append((time.perf_counter() - start) / len(steps))
+            cpu_times.append((time.process_time() - cpu0) / len(steps))
+    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    print(json.dumps(dict(mode=args.mode, per_step_s=times, per_step_cpu_s=cpu_times, peak_bytes=peak,
-                          rss_before=rss_before * 1024)))
+    if mode == "asymrnr":
+        asymrnr.remove(model)
+    return dict(mode=mode, per_step_s=times, per_step_cpu_s=cpu_times, peak_bytes=peak, rss_before=rss_before * 1024)
+
+
+def _model_child(args) -> None:
+    """Run in a subprocess: :func:`_measure`, printed as JSON."""
+    print(json.dumps(_measure(args.mode, args.device, args.shape, args.repeats)))
 
 
 # glibc raises its mmap threshold after large frees, after which freed tensors stay in the heap and peak
@@ -198,24 +246,27 @@ def _run_child(mode: str, device: str, shape: str, repeats: int, pinned_malloc: 
     return json.loads(out.strip().splitlines()[-1])
 
 
-def model_benchmark(device: str, shape: str, repeats: int) -> dict:
+def model_benchmark(device: str, shape: str, repeats: int, rounds: int = 2) -> dict:
+    """Dense vs AsymRnR at ``shape``: ``rounds`` interleaved pairs of processes (in-process for ``tiny``)."""
     from diffusers import CogVideoXTransformer3DModel
 
     from asymrnr import Schedule
     from asymrnr.flops import schedule_flops
 
-    cfg = FULL_5B if shape == "5b" else THIRD_GRID
     with torch.device("meta"):
-        meta = CogVideoXTransformer3DModel(**cfg)
+        meta = CogVideoXTransformer3DModel(**SHAPES[shape])
     schedule = Schedule.uniform(meta, 8, q=0.5, kv=0.5, cache_steps=4)
     predicted = schedule_flops(schedule, batch=1).predicted_speedup
+    in_process = shape == "tiny"  # seconds, for tests: no process start-ups (its memory figures mean nothing)
+    run = ((lambda mode: _measure(mode, device, shape, repeats)) if in_process
+           else (lambda mode: _run_child(mode, device, shape, repeats)))
     # Interleave dense and AsymRnR processes so that machine noise hits both alike.
     dense, fast = [], []
-    for _ in range(2):
-        dense.append(_run_child("dense", device, shape, repeats))
-        fast.append(_run_child("asymrnr", device, shape, repeats))
+    for _ in range(rounds):
+        dense.append(run("dense"))
+        fast.append(run("asymrnr"))
     pinned = {}
-    if not device.startswith("cuda"):  # one extra generation each, for memory only
+    if not device.startswith("cuda") and not in_process:  # one extra generation each, for memory only
         pinned = {mode: _run_child(mode, device, shape, 1, pinned_malloc=True)["peak_bytes"] for mode in ("dense", "asymrnr")}
     t_dense = statistics.median([t for r in dense for t in r["per_step_s"]])
     t_fast = statistics.median([t for r in fast for t in r["per_step_s"]])
@@ -275,16 +326,18 @@ def write_section(text: str, marker: str) -> None:
     path.write_text(doc)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["attention", "model", "all"], default="all")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--shape", choices=["third", "5b"], default="third")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="third",
+                        help="third: the field notes' third grid; 5b: full-size CogVideoX-5B (bf16 on CUDA); tiny: seconds")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved dense/AsymRnR process pairs (model part)")
     parser.add_argument("--child", choices=["dense", "asymrnr"], help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
@@ -292,14 +345,17 @@ def main() -> None:
         _model_child(args)
         return
     torch.set_grad_enabled(False)
-    command = "python benchmarks/bench_runtime.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/bench_runtime.py " + " ".join(sys.argv[1:] if argv is None else argv)
     sections = [f"## Runtime ({args.device}: {_machine(args.device)}, {torch.get_num_threads()} threads)", "",
                 f"Command: `{command.strip()}`", ""]
     if args.part in ("attention", "all"):
-        rows = attention_benchmark(args.device, args.repeats)
+        grid = TINY_ATTENTION_GRID if args.shape == "tiny" else ATTENTION_GRID
+        rows = attention_benchmark(args.device, args.repeats, grid=grid)
         table = format_attention(rows)
         print(table)
-        sections += ["### Attention level: 13 x 30 x 45 video + 226 text tokens, 2 heads x 64", "", table, ""]
+        dtype = "bf16" if args.device.startswith("cuda") else "float32"
+        sections += [f"### Attention level: {' x '.join(map(str, grid))} video + 226 text tokens, 2 heads x 64, {dtype}",
+                     "", table, ""]
         at = {(r["q"], r["kv"], r["s"]): r for r in rows}
         r4, r1 = at[(0.5, 0.5, 4)], at[(0.5, 0.5, 1)]
         verdict = (f"Target at (0.5, 0.5): >= 3.0x with s=4 (measured {r4['speedup']:.2f}x wall, {r4['cpu_speedup']:.2f}x "
@@ -307,10 +363,13 @@ def main() -> None:
         print(verdict)
         sections += [verdict, ""]
     if args.part in ("model", "all"):
-        m = model_benchmark(args.device, args.shape, args.repeats)
+        m = model_benchmark(args.device, args.shape, args.repeats, args.rounds)
         table = format_model(m)
         print(table)
-        title = "third grid (30 blocks, 4 heads x 64, 13 x 10 x 15 tokens)" if args.shape == "third" else "full-size CogVideoX-5B, bf16"
+        title = {"third": "third grid (30 blocks, 4 heads x 64, 13 x 10 x 15 tokens)",
+                 "5b": "full-size CogVideoX-5B (42 blocks, 48 heads x 64, 13 x 30 x 45 tokens)",
+                 "tiny": "tiny (2 blocks, 2 heads x 16, 5 x 5 x 6 tokens)"}[args.shape]
+        title += ", bf16" if args.device.startswith("cuda") else ", float32"
         verdict = (f"Targets: measured speedup >= 90% of the FLOPs prediction (measured {m['fraction']:.0%} wall, "
                    f"{m['measured_cpu'] / m['predicted']:.0%} CPU time); "
                    f"peak memory <= 1.10x dense (measured {m['peak_ratio']:.3f}x with the default allocator"

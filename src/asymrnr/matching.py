@@ -16,6 +16,7 @@ Notation: ``G`` is the matching batch (``B`` when all heads are matched jointly,
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -161,6 +162,37 @@ def _chunk_rows(groups: int, num_dst: int, num_src: int, device: torch.device | 
     return int(max(64, min(num_src, rows)))
 
 
+#: 16-bit float dtypes whose similarities best_matches computes in float32.
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@contextlib.contextmanager
+def _tf32_matmul():
+    """Let CUDA float32 matmuls use TF32 tensor cores inside the block (restored after).
+
+    For features that were bf16 or fp16, TF32 loses nothing: their 8- and 11-bit significands fit TF32's 11
+    bits exactly, products and sums are accumulated in float32, and the result is float32. Full float32
+    on a GPU's CUDA cores would be about ten times slower than the bf16 matmul it replaces (at a 5B model's
+    480p grid, a large share of a step whenever the matching is recomputed). Only the setting's own API is
+    used and its value restored exactly: torch refuses states mixed from its legacy and new TF32 APIs.
+    """
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9
+        saved = matmul.fp32_precision
+        matmul.fp32_precision = "tf32"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = saved
+        return
+    saved = matmul.allow_tf32
+    matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = saved
+
+
 def best_matches(
     src: torch.Tensor,
     dst: torch.Tensor,
@@ -172,7 +204,7 @@ def best_matches(
     """For every source, the most similar destination and that similarity.
 
     Args:
-        src: ``[G, Ns, C]`` source features.
+        src: ``[G, Ns, C]`` source features (float16/bfloat16 are compared in float32).
         dst: ``[G, Nd, C]`` destination features.
         metric: ``euclidean`` (similarity = minus the distance), ``cosine``, ``dot`` or ``random``.
         random_scores: ``[Ns]`` similarities used by the ``random`` metric.
@@ -194,6 +226,14 @@ def best_matches(
         best_sim = random_scores.to(src.device, torch.float32).unsqueeze(0).expand(g, ns).contiguous()
         return best_sim, best_dst
 
+    half = src.dtype in _HALF_DTYPES or dst.dtype in _HALF_DTYPES
+    if half:
+        # Similarities in float32: in bf16 (8-bit mantissa) ||d||^2 - 2 s.d of hidden states with a large
+        # shared offset cancels to a handful of representable values, so near destinations tie and the argmin
+        # is close to arbitrary (half the best destinations differ at an offset of 10 sigma). The profiler
+        # measures in float32 too. On CUDA the matmul uses TF32 (see _tf32_matmul): exact for 16-bit
+        # inputs (Euclidean, dot; cosine's unit vectors are rounded to TF32's 11 bits, still finer than bf16).
+        src, dst = src.float(), dst.float()
     if metric == "cosine":
         src = F.normalize(src, dim=-1)
         dst = F.normalize(dst, dim=-1)
@@ -206,13 +246,27 @@ def best_matches(
     best_val = torch.empty((g, ns), dtype=src.dtype, device=src.device)
     best_dst = torch.empty((g, ns), dtype=torch.long, device=src.device)
     buf = torch.empty((g, rows, nd), dtype=torch.result_type(src, dst), device=src.device)
+    dst_sq = dst.pow(2).sum(-1).unsqueeze(1) if metric == "euclidean" else None  # [G, 1, Nd]
+    if half and src.is_cuda and not torch.compiler.is_compiling():  # (no context manager in traced code)
+        with _tf32_matmul():
+            _best_in_chunks(src, dst_t, dst_sq, rows, buf, best_val, best_dst)
+    else:
+        _best_in_chunks(src, dst_t, dst_sq, rows, buf, best_val, best_dst)
     if metric == "euclidean":
-        dst_sq = dst.pow(2).sum(-1).unsqueeze(1)  # [G, 1, Nd]
+        d2 = best_val.float() + src.float().pow(2).sum(-1)
+        return -torch.sqrt(torch.clamp(d2, min=0.0)), best_dst
+    return best_val.float(), best_dst
+
+
+def _best_in_chunks(src, dst_t, dst_sq, rows, buf, best_val, best_dst) -> None:
+    """Fill ``best_val``/``best_dst`` ``[G, Ns]`` chunk by chunk: the minimum of ``||d||^2 - 2 s.d`` over
+    destinations when ``dst_sq [G, 1, Nd]`` is given (Euclidean), else the maximum of ``s.d``."""
+    ns = src.shape[1]
     for start in range(0, ns, rows):
         stop = min(ns, start + rows)
         s = src[:, start:stop]
         out = buf[:, : stop - start]
-        if metric == "euclidean":
+        if dst_sq is not None:
             # argmin ||s - d||^2 = argmin (||d||^2 - 2 s.d): one fused matmul-add per chunk; ||s||^2 is added
             # back only for the winners.
             torch.baddbmm(dst_sq, s, dst_t, beta=1.0, alpha=-2.0, out=out)
@@ -220,10 +274,6 @@ def best_matches(
         else:
             torch.bmm(s, dst_t, out=out)
             torch.max(out, dim=-1, out=(best_val[:, start:stop], best_dst[:, start:stop]))
-    if metric == "euclidean":
-        d2 = best_val.float() + src.float().pow(2).sum(-1)
-        return -torch.sqrt(torch.clamp(d2, min=0.0)), best_dst
-    return best_val.float(), best_dst
 
 
 @dataclass

@@ -20,7 +20,9 @@ name               pipeline                             module
 
 CogVideoX text-to-video (2B, 5B, 1.5 styles) stays in :mod:`asymrnr.models.tiny`.
 :mod:`asymrnr.testing.recorder` records every attention call of a pipeline run (shapes, masks, token layout,
-CFG batching), as the tests use it.
+CFG batching), as the tests use it. :mod:`asymrnr.testing.fullsize` builds random-weight transformers at
+full size (CogVideoX-5B, Wan 2.1 T2V 14B) in seconds, with their 480p inputs, for the GPU tests and
+``benchmarks/gpu_all.py`` (and tiny variants of the same path for CPU).
 
 Importing this package is cheap (no torch, no diffusers).
 """
