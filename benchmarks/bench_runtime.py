@@ -159,7 +159,13 @@ FULL_5B = dict(num_layers=42, num_attention_heads=48, attention_head_dim=64, in_
                use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False)
 TINY_MODEL = dict(THIRD_GRID, num_layers=2, num_attention_heads=2, attention_head_dim=16, time_embed_dim=16,
                   text_embed_dim=32, sample_height=10, sample_width=12, sample_frames=17)
-SHAPES = {"third": THIRD_GRID, "5b": FULL_5B, "tiny": TINY_MODEL}
+#: Wan 2.1 at the third grid's token count: 30 blocks, 4 heads x 64, Wan's FFN ratio (about 2.7x, as the 14B
+#: model's 13824 / 5120), 160 x 240 px x 49 frames -> latents 13 x 20 x 30 -> 13 x 10 x 15 tokens (patch
+#: (1, 2, 2)); text (512 tokens) by cross-attention, which is never reduced.
+WAN_THIRD = dict(num_layers=30, num_attention_heads=4, attention_head_dim=64, in_channels=16, out_channels=16,
+                 ffn_dim=704, text_dim=4096, freq_dim=256, patch_size=(1, 2, 2), cross_attn_norm=True,
+                 qk_norm="rms_norm_across_heads")
+SHAPES = {"third": THIRD_GRID, "5b": FULL_5B, "tiny": TINY_MODEL, "wan-third": WAN_THIRD}
 
 
 def _spec(shape: str):
@@ -169,6 +175,9 @@ def _spec(shape: str):
     from asymrnr.testing.fullsize import FULL_SIZE
 
     cfg = SHAPES[shape]
+    if shape == "wan-third":
+        return replace(FULL_SIZE["wan2.1-t2v-14b"], name=f"bench-{shape}", config=cfg, latent=(13, 20, 30),
+                       grid=(13, 10, 15))
     frames = (cfg["sample_frames"] - 1) // cfg["temporal_compression_ratio"] + 1
     latent = (frames, cfg["sample_height"], cfg["sample_width"])
     grid = (frames, latent[1] // cfg["patch_size"], latent[2] // cfg["patch_size"])
@@ -190,7 +199,7 @@ def _measure(mode: str, device: str, shape: str, repeats: int) -> dict:
     model = build_transformer(spec, device, dtype, seed=0)
     inputs = make_inputs(spec, model, batch=1)
     steps = [999 - i * 125 for i in range(8)]
-    schedule = Schedule.uniform(model, len(steps), q=0.5, kv=0.5, cache_steps=4)
+    schedule = Schedule.uniform(model, len(steps), q=0.5, kv=0.5, cache_steps=4, latent_grid=spec.grid)
     if mode == "asymrnr":
         asymrnr.apply(model, schedule)
 
@@ -248,14 +257,15 @@ def _run_child(mode: str, device: str, shape: str, repeats: int, pinned_malloc: 
 
 def model_benchmark(device: str, shape: str, repeats: int, rounds: int = 2) -> dict:
     """Dense vs AsymRnR at ``shape``: ``rounds`` interleaved pairs of processes (in-process for ``tiny``)."""
-    from diffusers import CogVideoXTransformer3DModel
+    import diffusers
 
     from asymrnr import Schedule
     from asymrnr.flops import schedule_flops
 
+    spec = _spec(shape)
     with torch.device("meta"):
-        meta = CogVideoXTransformer3DModel(**SHAPES[shape])
-    schedule = Schedule.uniform(meta, 8, q=0.5, kv=0.5, cache_steps=4)
+        meta = getattr(diffusers, spec.class_name)(**spec.config)
+    schedule = Schedule.uniform(meta, 8, q=0.5, kv=0.5, cache_steps=4, latent_grid=spec.grid)
     predicted = schedule_flops(schedule, batch=1).predicted_speedup
     in_process = shape == "tiny"  # seconds, for tests: no process start-ups (its memory figures mean nothing)
     run = ((lambda mode: _measure(mode, device, shape, repeats)) if in_process
@@ -368,7 +378,9 @@ def main(argv: list[str] | None = None) -> None:
         print(table)
         title = {"third": "third grid (30 blocks, 4 heads x 64, 13 x 10 x 15 tokens)",
                  "5b": "full-size CogVideoX-5B (42 blocks, 48 heads x 64, 13 x 30 x 45 tokens)",
-                 "tiny": "tiny (2 blocks, 2 heads x 16, 5 x 5 x 6 tokens)"}[args.shape]
+                 "tiny": "tiny (2 blocks, 2 heads x 16, 5 x 5 x 6 tokens)",
+                 "wan-third": "Wan 2.1 at the third grid (30 blocks, 4 heads x 64, FFN 704, 13 x 10 x 15 tokens, 512 "
+                              "text tokens by cross-attention)"}[args.shape]
         title += ", bf16" if args.device.startswith("cuda") else ", float32"
         verdict = (f"Targets: measured speedup >= 90% of the FLOPs prediction (measured {m['fraction']:.0%} wall, "
                    f"{m['measured_cpu'] / m['predicted']:.0%} CPU time); "
