@@ -336,6 +336,7 @@ def write_section(text: str, marker: str) -> None:
     path.write_text(doc)
 
 
+@torch.no_grad()  # not set_grad_enabled(False): tests call main() in-process
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["attention", "model", "all"], default="all")
@@ -354,7 +355,6 @@ def main(argv: list[str] | None = None) -> None:
         args.mode = args.child
         _model_child(args)
         return
-    torch.set_grad_enabled(False)
     command = "python benchmarks/bench_runtime.py " + " ".join(sys.argv[1:] if argv is None else argv)
     sections = [f"## Runtime ({args.device}: {_machine(args.device)}, {torch.get_num_threads()} threads)", "",
                 f"Command: `{command.strip()}`", ""]

@@ -215,6 +215,7 @@ def _budget_dest(part: str) -> str:
     return "budget_" + "".join(c if c.isalnum() else "_" for c in part)
 
 
+@torch.no_grad()  # not set_grad_enabled(False): tests call main() in-process
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -239,7 +240,6 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error("--steps and --rounds must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
     from asymrnr._io import atomic_write_text, check_output_path
     from asymrnr.errors import AsymRnRError
     from asymrnr.testing.fullsize import FULL_SIZE

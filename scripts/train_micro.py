@@ -118,6 +118,7 @@ class Checkpoints:
                 os.unlink(tmp)
 
 
+@torch.enable_grad()  # whatever the caller's grad mode (tests call main() in-process)
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
