@@ -226,6 +226,9 @@ def best_matches(
         best_sim = random_scores.to(src.device, torch.float32).unsqueeze(0).expand(g, ns).contiguous()
         return best_sim, best_dst
 
+    # Matching only picks indices and orders sources: no gradient flows through it (and the chunks below write
+    # into preallocated outputs, which autograd refuses when a transformer runs with grad enabled).
+    src, dst = src.detach(), dst.detach()
     half = src.dtype in _HALF_DTYPES or dst.dtype in _HALF_DTYPES
     if half:
         # Similarities in float32: in bf16 (8-bit mantissa) ||d||^2 - 2 s.d of hidden states with a large
